@@ -1,0 +1,1 @@
+"""Datasets, image folders, preprocessing and calibration sets."""

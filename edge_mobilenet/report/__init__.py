@@ -1,0 +1,1 @@
+"""Results store, comparisons, tables and plots."""

@@ -1,0 +1,207 @@
+"""Training and fine-tuning with plain Keras ``fit``.
+
+From scratch on small data, BatchNormalization's default momentum (0.999 in V2/V3) makes the moving
+statistics lag the weights for thousands of steps and validation sits at chance; training from
+scratch therefore uses momentum 0.9 unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge_mobilenet.errors import EdgeError
+from edge_mobilenet.fileio import atomic_path, write_json_atomic
+
+SCRATCH_BN_MOMENTUM = 0.9
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    model: str = "mobilenet_v1"
+    alpha: float = 0.25
+    size: int = 32
+    data_dir: str | None = None  # None: scikit-learn digits
+    epochs: int = 30
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    validation_split: float = 0.2
+    seed: int = 0
+    weights: str | None = None
+    freeze_base: bool = False
+    bn_momentum: float | None = None
+    output_dir: str = "build/models"
+    progress: bool = True
+    name: str | None = None  # output file stem; default derived from model/alpha/size
+
+
+def dataset_description(settings: TrainSettings) -> dict:
+    """How to rebuild the exact train/validation split (stored in the metrics JSON)."""
+    return {"source": settings.data_dir or "sklearn-digits", "size": settings.size,
+            "validation_split": settings.validation_split, "seed": settings.seed}
+
+
+def load_dataset(description: dict, *, progress: bool = False):
+    """Rebuild (images, train indices, validation indices) from :func:`dataset_description`."""
+    from edge_mobilenet.data.images import load_digits, load_folder, stratified_split
+
+    size = (description["size"], description["size"])
+    if description["source"] == "sklearn-digits":
+        images = load_digits(size)
+    else:
+        images = load_folder(description["source"], size, progress=progress, require_labels=True)
+    if len(images.class_names) < 2:
+        raise EdgeError(f"{description['source']}: training needs at least 2 classes")
+    train_idx, val_idx = stratified_split(images.labels, description["validation_split"],
+                                          description["seed"])
+    return images, train_idx, val_idx
+
+
+def _progress_callback(epochs: int, enabled: bool):
+    import keras
+    from tqdm import tqdm
+
+    class EpochBar(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.bar = tqdm(total=epochs, desc="training", unit="epoch", disable=not enabled)
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            self.bar.set_postfix(loss=f"{logs.get('loss', 0):.3f}",
+                                 acc=f"{logs.get('accuracy', 0):.3f}",
+                                 val_acc=f"{logs.get('val_accuracy', 0):.3f}")
+            self.bar.update(1)
+
+        def on_train_end(self, logs=None):
+            self.bar.close()
+
+    return EpochBar()
+
+
+def _initial_model(settings: TrainSettings, classes: int):
+    import keras
+
+    from edge_mobilenet.models.registry import build_model
+
+    momentum = settings.bn_momentum
+    if momentum is None and settings.weights is None:
+        momentum = SCRATCH_BN_MOMENTUM
+    model = build_model(settings.model, alpha=settings.alpha, size=settings.size, classes=classes,
+                        bn_momentum=momentum)
+    if settings.weights is None:
+        return model
+    source = load_keras_model(settings.weights)
+    loaded = copy_weights_by_name(source, model)
+    if loaded == 0:
+        raise EdgeError(f"{settings.weights}: no layer matches {settings.model} "
+                        f"alpha={settings.alpha} size={settings.size} by name and shape")
+    if settings.freeze_base:
+        head = _head_layer_names(model)
+        for layer in model.layers:
+            layer.trainable = layer.name in head
+    del keras
+    return model
+
+
+def _head_layer_names(model) -> set[str]:
+    """Layers after the last global pooling: the classifier that fine-tuning trains."""
+    names = [layer.name for layer in model.layers]
+    pool = max(i for i, layer in enumerate(model.layers) if "GlobalAveragePooling" in type(layer).__name__
+               and "squeeze_excite" not in layer.name)
+    return set(names[pool:])
+
+
+def copy_weights_by_name(source, target) -> int:
+    """Copy weights of same-named, same-shaped layers; returns how many layers were copied."""
+    copied = 0
+    by_name = {layer.name: layer for layer in source.layers}
+    for layer in target.layers:
+        other = by_name.get(layer.name)
+        if other is None or not layer.weights:
+            continue
+        weights = other.get_weights()
+        if [w.shape for w in weights] != [tuple(w.shape) for w in layer.weights]:
+            continue
+        layer.set_weights(weights)
+        copied += 1
+    return copied
+
+
+def load_keras_model(path: str | Path):
+    """Load a .keras/.h5 model for inference, with one clear error for a bad file."""
+    import keras
+
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeError(f"{path}: model file does not exist")
+    if path.suffix not in (".keras", ".h5"):
+        raise EdgeError(f"{path}: not a Keras model file (expected .keras or .h5)")
+    try:
+        return keras.models.load_model(path, compile=False, safe_mode=True)
+    except Exception as error:  # Keras raises many types for a bad file
+        if path.suffix == ".h5":
+            try:
+                return _load_legacy_h5(path)
+            except Exception:
+                pass
+        raise EdgeError(f"{path}: cannot be loaded as a Keras model ({str(error).splitlines()[0][:160]})") from None
+
+
+def _load_legacy_h5(path: Path):
+    """Old .h5 files store DepthwiseConv2D with a ``groups`` argument Keras 3 refuses."""
+    import keras
+
+    class LegacyDepthwiseConv2D(keras.layers.DepthwiseConv2D):
+        def __init__(self, *args, groups=None, **kwargs):
+            super().__init__(*args, **kwargs)
+
+    return keras.models.load_model(path, compile=False,
+                                   custom_objects={"DepthwiseConv2D": LegacyDepthwiseConv2D})
+
+
+def train_model(settings: TrainSettings) -> dict:
+    """Train, save ``<output>/<name>.keras`` and ``<name>.metrics.json``; return the metrics."""
+    import keras
+
+    from edge_mobilenet.data.preprocess import get_preprocessing
+    from edge_mobilenet.models.registry import get_entry
+
+    entry = get_entry(settings.model)
+    description = dataset_description(settings)
+    images, train_idx, val_idx = load_dataset(description, progress=settings.progress)
+    keras.utils.set_random_seed(settings.seed)
+    model = _initial_model(settings, len(images.class_names))
+    preprocessing = get_preprocessing(entry.preprocessing)
+    x_train = preprocessing.apply(images.pixels[train_idx])
+    x_val = preprocessing.apply(images.pixels[val_idx])
+    model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    started = time.perf_counter()
+    history = model.fit(x_train, images.labels[train_idx], batch_size=settings.batch_size,
+                        epochs=settings.epochs, validation_data=(x_val, images.labels[val_idx]),
+                        verbose=0, shuffle=True,
+                        callbacks=[_progress_callback(settings.epochs, settings.progress)])
+    seconds = time.perf_counter() - started
+    probabilities = model.predict(x_val, batch_size=256, verbose=0)
+    val_accuracy = float(np.mean(np.argmax(probabilities, axis=1) == images.labels[val_idx]))
+    name = settings.name or f"{settings.model}_{settings.alpha:g}_{settings.size}"
+    output = Path(settings.output_dir)
+    model_path = output / f"{name}.keras"
+    with atomic_path(model_path, suffix=".keras") as tmp:
+        model.save(tmp)
+    metrics = {
+        "model_path": str(model_path), "model": settings.model, "alpha": settings.alpha,
+        "size": settings.size, "classes": len(images.class_names), "class_names": images.class_names,
+        "preprocessing": preprocessing.to_dict(), "dataset": description,
+        "train_images": int(len(train_idx)), "val_images": int(len(val_idx)),
+        "val_accuracy": val_accuracy,
+        "train_accuracy": float(history.history["accuracy"][-1]),
+        "seconds": round(seconds, 1), "trained_weights": True,
+        "settings": {k: v for k, v in asdict(settings).items() if k != "progress"},
+        "history": {k: [round(float(v), 4) for v in vs] for k, vs in history.history.items()},
+    }
+    write_json_atomic(output / f"{name}.metrics.json", metrics)
+    return metrics
