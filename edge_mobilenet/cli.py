@@ -104,6 +104,91 @@ def train(model_name, alpha, size, data_dir, epochs, batch_size, learning_rate, 
     click.echo(json.dumps({k: result[k] for k in ("model_path", "val_accuracy", "seconds")}))
 
 
+def _format_names():
+    from edge_mobilenet.convert.formats import FORMATS
+
+    return ", ".join(FORMATS)
+
+
+@main.command()
+@click.option("--model", "models_", multiple=True,
+              help="A .keras/.h5 file or a registered model name (repeatable).")
+@click.option("--recipe", type=click.Path(), default=None,
+              help="A TOML recipe (converters/default.toml): models, formats, calibration.")
+@click.option("--calibration", type=click.Path(), default=None,
+              help="Calibration image folder (default: calibration_data/digits).")
+@click.option("--count", type=int, default=None, help="Calibration images to use [200].")
+@click.option("--seed", type=int, default=None, help="Seed choosing the calibration images [0].")
+@click.option("--skip-corrupt", is_flag=True, help="Skip (and count) undecodable calibration images.")
+@click.option("--formats", default=None, help="Comma-separated formats [all]: fp32, fp16, dynamic, int8, "
+              "onnx, onnx-int8.")
+@click.option("--io", type=click.Choice(["int8", "uint8", "float"]), default=None,
+              help="Input/output type of the int8 TFLite model [int8].")
+@click.option("--eval", "eval_dir", type=click.Path(), default=None,
+              help="Labelled images for validation (default: the training run's validation split).")
+@click.option("--eval-count", type=int, default=500, show_default=True)
+@click.option("--onnx-activation", type=click.Choice(["uint8", "int8"]), default=None,
+              help="ONNX int8 activation type [uint8: U8S8, fastest on x86].")
+@click.option("--onnx-method", type=click.Choice(["minmax", "entropy", "percentile"]), default=None,
+              help="ONNX Runtime calibration method [minmax].")
+@click.option("--alpha", type=float, default=1.0, show_default=True, help="For registry names.")
+@click.option("--size", type=int, default=224, show_default=True, help="For registry names.")
+@click.option("--classes", type=int, default=1000, show_default=True, help="For registry names.")
+@click.option("--output", type=click.Path(), default=None, help="Artifacts folder [build/artifacts].")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def quantize(models_, recipe, calibration, count, seed, skip_corrupt, formats, io, eval_dir, eval_count,
+             onnx_activation, onnx_method, alpha, size, classes, output, quiet):
+    """Convert float models to TFLite and ONNX artifacts with a manifest.
+
+    Either --model (repeatable) or --recipe. Unchanged inputs reuse existing artifacts.
+    """
+    from dataclasses import replace
+
+    from edge_mobilenet.convert.formats import DEFAULT_FORMATS, parse_formats
+    from edge_mobilenet.convert.pipeline import QuantizeSettings
+    from edge_mobilenet.convert.recipe import load_recipe, resolve_recipe_sources
+    from edge_mobilenet.convert.run import ModelRequest
+    from edge_mobilenet.convert.run import quantize as run_quantize
+    from edge_mobilenet.data.calibration import CalibrationSource
+
+    if bool(models_) == bool(recipe):
+        raise EdgeError("give either --model (one or more) or --recipe")
+    requests = []
+    if recipe:
+        loaded = load_recipe(recipe, output_dir=output, progress=not quiet)
+        settings = loaded.settings
+        if formats:
+            settings = replace(settings, formats=tuple(f.name for f in parse_formats(formats)))
+        for model, source in resolve_recipe_sources(loaded):
+            requests.append(ModelRequest(source, model.formats or settings.formats, model.alpha,
+                                         model.size, model.classes))
+    else:
+        chosen = tuple(f.name for f in parse_formats(formats)) if formats else DEFAULT_FORMATS
+        settings = QuantizeSettings(formats=chosen, calibration=CalibrationSource("calibration_data/digits"),
+                                    output_dir=output or "build/artifacts", progress=not quiet)
+        requests = [ModelRequest(m, chosen, alpha, size, classes) for m in models_]
+    source = settings.calibration
+    settings = replace(settings, calibration=CalibrationSource(
+        calibration or source.folder, source.count if count is None else count,
+        source.seed if seed is None else seed, skip_corrupt),
+        io=io or settings.io, eval_dir=eval_dir, eval_count=eval_count,
+        onnx_activation_type=onnx_activation or settings.onnx_activation_type,
+        onnx_calibration_method=onnx_method or settings.onnx_calibration_method)
+    run_quantize(requests, settings)
+
+
+@main.command("calibration-set")
+@click.argument("folder", type=click.Path())
+@click.option("--count", type=int, default=200, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def calibration_set(folder, count, seed):
+    """Write the default calibration set (scikit-learn digits, training split) into FOLDER."""
+    from edge_mobilenet.data.calibration import write_digits_set
+
+    manifest = write_digits_set(folder, count, seed)
+    click.echo(json.dumps(manifest, indent=2))
+
+
 @main.command()
 def models():
     """List registered model names."""

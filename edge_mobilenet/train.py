@@ -8,7 +8,7 @@ scratch therefore uses momentum 0.9 unless told otherwise.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +44,12 @@ def dataset_description(settings: TrainSettings) -> dict:
             "validation_split": settings.validation_split, "seed": settings.seed}
 
 
-def load_dataset(description: dict, *, progress: bool = False):
+def dataset_crop_fraction(description: dict, preprocessing) -> float:
+    """Digits are whole 8x8 images resized as they are; photo folders are centre-cropped."""
+    return 1.0 if description["source"] == "sklearn-digits" else preprocessing.crop_fraction
+
+
+def load_dataset(description: dict, *, crop_fraction: float = 0.875, progress: bool = False):
     """Rebuild (images, train indices, validation indices) from :func:`dataset_description`."""
     from edge_mobilenet.data.images import load_digits, load_folder, stratified_split
 
@@ -52,7 +57,8 @@ def load_dataset(description: dict, *, progress: bool = False):
     if description["source"] == "sklearn-digits":
         images = load_digits(size)
     else:
-        images = load_folder(description["source"], size, progress=progress, require_labels=True)
+        images = load_folder(description["source"], size, crop_fraction=crop_fraction,
+                             progress=progress, require_labels=True)
     if len(images.class_names) < 2:
         raise EdgeError(f"{description['source']}: training needs at least 2 classes")
     train_idx, val_idx = stratified_split(images.labels, description["validation_split"],
@@ -171,10 +177,13 @@ def train_model(settings: TrainSettings) -> dict:
 
     entry = get_entry(settings.model)
     description = dataset_description(settings)
-    images, train_idx, val_idx = load_dataset(description, progress=settings.progress)
+    preprocessing = get_preprocessing(entry.preprocessing)
+    preprocessing = replace(preprocessing,
+                            crop_fraction=dataset_crop_fraction(description, preprocessing))
+    images, train_idx, val_idx = load_dataset(description, crop_fraction=preprocessing.crop_fraction,
+                                              progress=settings.progress)
     keras.utils.set_random_seed(settings.seed)
     model = _initial_model(settings, len(images.class_names))
-    preprocessing = get_preprocessing(entry.preprocessing)
     x_train = preprocessing.apply(images.pixels[train_idx])
     x_val = preprocessing.apply(images.pixels[val_idx])
     model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate),

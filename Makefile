@@ -1,0 +1,41 @@
+# Thin wrappers over edge-bench. `make quantize` and `make test` create the environment when missing.
+# VENV can point outside the clone (CI keeps one per pyproject.toml hash under ~/.cache).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+EDGE := $(VENV)/bin/edge-bench
+DEPS_HASH := $(shell sha256sum pyproject.toml | cut -c1-16)
+STAMP := $(VENV)/.deps-$(DEPS_HASH)
+ARTIFACTS ?= build/artifacts
+RESULTS ?= build/results
+
+.PHONY: setup quantize train bench report test test-fast clean
+
+setup: $(STAMP)
+	@$(PY) -c "import edge_mobilenet, pathlib, sys; sys.exit(pathlib.Path(edge_mobilenet.__file__).resolve().parent != pathlib.Path('edge_mobilenet').resolve())" 2>/dev/null \
+	  || $(PY) -m pip install -q --no-deps -e .
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[host,test]"
+	@rm -f $(VENV)/.deps-*
+	@touch $@
+
+## The main job: train the default models on the bundled digits (cached), convert and quantize them
+## into $(ARTIFACTS) with $(ARTIFACTS)/manifest.json. A second run reuses what exists.
+quantize: setup
+	$(EDGE) quantize --recipe converters/default.toml --output $(ARTIFACTS)
+
+bench: quantize
+	$(EDGE) bench $(ARTIFACTS) --device local --output $(RESULTS)/local.json
+	$(EDGE) report $(RESULTS)/local.json --output $(RESULTS)/local
+
+report:
+	$(EDGE) report $(RESULTS)/local.json --output $(RESULTS)/local
+
+test: setup
+	$(VENV)/bin/pytest -q
+
+clean:
+	rm -rf build

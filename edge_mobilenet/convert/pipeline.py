@@ -1,0 +1,207 @@
+"""calibrate -> convert -> validate, for every model and format, into a folder with a manifest.
+
+Each artifact is written to a temporary name and renamed, then recorded in the manifest at once, so
+a failure half way keeps every artifact already finished. An artifact whose inputs (float model
+bytes, format options, calibration images, tool versions) are unchanged is reused, not rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge_mobilenet.convert.formats import FORMATS, Format
+from edge_mobilenet.convert.manifest import Manifest, tool_versions
+from edge_mobilenet.data.calibration import CalibrationSource
+from edge_mobilenet.data.preprocess import Preprocessing
+from edge_mobilenet.errors import EdgeError
+from edge_mobilenet.fileio import sha256_file, write_bytes_atomic
+
+
+@dataclass(frozen=True)
+class QuantizeSettings:
+    formats: tuple[str, ...]
+    calibration: CalibrationSource
+    output_dir: str
+    io: str = "int8"
+    eval_dir: str | None = None
+    eval_count: int = 500
+    onnx_activation_type: str = "uint8"
+    onnx_calibration_method: str = "minmax"
+    progress: bool = True
+
+
+@dataclass
+class FloatModel:
+    """The float source of a set of artifacts, with what the manifest says about it."""
+
+    stem: str
+    path: Path
+    model: object
+    model_name: str | None
+    preprocessing: Preprocessing
+    trained_weights: bool
+    class_names: list[str]
+    dataset: dict | None
+    sha256: str = ""
+    params: int = 0
+    macs: int = 0
+
+    @property
+    def size(self) -> tuple[int, int]:
+        shape = self.model.input.shape
+        return int(shape[1]), int(shape[2])
+
+
+@dataclass
+class EvalSet:
+    """Held-out float inputs, their labels (or None) and the float model's outputs on them."""
+
+    inputs: np.ndarray
+    labels: np.ndarray | None
+    float_outputs: np.ndarray
+    description: str
+    extra: dict = field(default_factory=dict)
+
+
+def cache_key(source_sha: str, metrics_sha: str | None, fmt: Format, settings: QuantizeSettings,
+              calibration_sha: str | None) -> str:
+    """Everything an artifact's bytes depend on; computable without loading TensorFlow."""
+    options = {"format": fmt.name, "io": settings.io if fmt.name == "int8" else None,
+               "onnx": [settings.onnx_activation_type, settings.onnx_calibration_method]
+               if fmt.name == "onnx-int8" else None,
+               "source": source_sha, "metrics": metrics_sha,
+               "calibration": calibration_sha if fmt.calibrated else None,
+               "eval": [settings.eval_dir, settings.eval_count], "tools": tool_versions()}
+    return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()
+
+
+def validate_input_shape(float_model: FloatModel) -> None:
+    shape = tuple(float_model.model.input.shape)
+    if len(shape) != 4 or shape[3] != 3 or shape[1] is None or shape[2] is None:
+        raise EdgeError(f"{float_model.path}: input shape {shape} can't be fed images; "
+                        "expected (batch, height, width, 3) with a fixed height and width")
+
+
+def _top1(outputs: np.ndarray) -> np.ndarray:
+    return np.argmax(outputs, axis=-1)
+
+
+def _metrics(outputs: np.ndarray, evaluation: EvalSet, float_model: FloatModel) -> dict:
+    agreement = float(np.mean(_top1(outputs) == _top1(evaluation.float_outputs)))
+    metrics = {"eval_images": int(len(outputs)), "eval_set": evaluation.description,
+               "top1_agreement_with_float": round(agreement, 4),
+               "max_abs_diff_vs_float": float(np.max(np.abs(outputs - evaluation.float_outputs)))}
+    if evaluation.labels is not None and float_model.trained_weights:
+        offset = outputs.shape[-1] - len(float_model.class_names) if float_model.class_names else 0
+        metrics["top1"] = round(float(np.mean(_top1(outputs) - offset == evaluation.labels)), 4)
+        metrics["float_top1"] = round(float(np.mean(_top1(evaluation.float_outputs) - offset
+                                                    == evaluation.labels)), 4)
+    return metrics
+
+
+def _tflite_facts(path: Path, evaluation: EvalSet | None, float_model: FloatModel) -> dict:
+    from edge_mobilenet.convert.tflite import io_spec, make_interpreter, run_tflite
+
+    interpreter = make_interpreter(path)
+    in_spec, out_spec = io_spec(interpreter)
+    facts = {"input": {**in_spec, "preprocessing": asdict(float_model.preprocessing)}, "output": out_spec}
+    facts.update(_op_facts(path, interpreter))
+    if evaluation is not None:
+        facts["validation"] = _metrics(run_tflite(interpreter, evaluation.inputs), evaluation, float_model)
+    return facts
+
+
+def _op_facts(path: Path, interpreter) -> dict:
+    facts = {}
+    try:
+        from edge_mobilenet.convert.compat import check_compat, required_ops
+
+        facts["ops"] = required_ops(path)
+        facts["compatibility"] = {}
+        for runtime in ("tflite-runtime==2.14", "ai-edge-litert==2.3"):
+            result = check_compat(path, runtime)
+            facts["compatibility"][runtime] = {"loads": result.ok, "problems": result.problems}
+    except ImportError:
+        pass
+    try:
+        from edge_mobilenet.convert.delegation import delegation_stats
+
+        facts["delegation"] = delegation_stats(interpreter)
+    except ImportError:
+        pass
+    return facts
+
+
+def _onnx_facts(path: Path, evaluation: EvalSet | None, float_model: FloatModel) -> dict:
+    from edge_mobilenet.convert.onnx_convert import onnx_io_spec, run_onnx
+
+    spec = onnx_io_spec(path)
+    facts = {"input": {**spec["input"], "preprocessing": asdict(float_model.preprocessing)},
+             "output": spec["output"], "opset": spec.get("opset")}
+    if evaluation is not None:
+        facts["validation"] = _metrics(run_onnx(path, evaluation.inputs), evaluation, float_model)
+    return facts
+
+
+def _build_tflite(float_model: FloatModel, fmt: Format, calibration: np.ndarray | None,
+                  settings: QuantizeSettings, target: Path) -> dict:
+    from edge_mobilenet.convert.tflite import TFLiteOptions, convert_keras
+
+    flatbuffer, seconds = convert_keras(float_model.model, [fmt.name], calibration,
+                                        TFLiteOptions(io=settings.io))[fmt.name]
+    write_bytes_atomic(target, flatbuffer)
+    return {"convert_seconds": round(seconds, 2),
+            "recipe": {"io": settings.io} if fmt.name == "int8" else {}}
+
+
+def _build_onnx(float_model: FloatModel, fmt: Format, calibration: np.ndarray | None,
+                settings: QuantizeSettings, target: Path, folder: Path) -> dict:
+    from edge_mobilenet.convert import onnx_convert
+
+    started = time.perf_counter()
+    if fmt.name == "onnx":
+        facts = onnx_convert.convert_onnx(float_model.model, target)
+        return {"convert_seconds": round(time.perf_counter() - started, 2), "recipe": {}, "onnx": facts}
+    float_path = folder / f"{float_model.stem}{FORMATS['onnx'].suffix}"
+    if not float_path.is_file():
+        onnx_convert.convert_onnx(float_model.model, float_path)
+    options = onnx_convert.OnnxQuantOptions(activation_type=settings.onnx_activation_type,
+                                            method=settings.onnx_calibration_method)
+    facts = onnx_convert.quantize_onnx(float_path, target, calibration, options)
+    return {"convert_seconds": round(time.perf_counter() - started, 2),
+            "recipe": asdict(options), "onnx": facts}
+
+
+def build_artifact(float_model: FloatModel, fmt: Format, settings: QuantizeSettings,
+                   manifest: Manifest, calibration_set, evaluation: EvalSet | None, key: str) -> dict:
+    """Convert one artifact, validate it and record it in the manifest."""
+    file_name = f"{float_model.stem}{fmt.suffix}"
+    folder = Path(settings.output_dir)
+    target = folder / file_name
+    calibration = (calibration_set.inputs(float_model.preprocessing)
+                   if fmt.calibrated and calibration_set is not None else None)
+    if fmt.runtime == "tflite":
+        built = _build_tflite(float_model, fmt, calibration, settings, target)
+        facts = _tflite_facts(target, evaluation, float_model)
+    else:
+        built = _build_onnx(float_model, fmt, calibration, settings, target, folder)
+        facts = _onnx_facts(target, evaluation, float_model)
+    entry = {
+        "file": file_name, "format": fmt.name, "runtime": fmt.runtime, "baseline": fmt.baseline,
+        "sha256": sha256_file(target), "size_bytes": target.stat().st_size,
+        "model": float_model.model_name, "source": {"file": str(float_model.path), "sha256": float_model.sha256},
+        "trained_weights": float_model.trained_weights, "class_names": float_model.class_names,
+        "dataset": float_model.dataset, "params": float_model.params, "macs": float_model.macs,
+        "calibration": calibration_set.record() if fmt.calibrated and calibration_set is not None else None,
+        "tool_versions": tool_versions(), "cache_key": key, **built, **facts,
+    }
+    if fmt.name == "onnx" and evaluation is not None:
+        entry["max_abs_diff_vs_keras"] = entry["validation"]["max_abs_diff_vs_float"]
+    manifest.upsert(entry)
+    return entry
