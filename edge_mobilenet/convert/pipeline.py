@@ -52,6 +52,24 @@ class FloatModel:
     params: int = 0
     macs: int = 0
 
+    _saved_model: object = None
+
+    def saved_model_dir(self) -> str:
+        """The model exported once (batch 1) for every TFLite conversion; removed by close()."""
+        if self._saved_model is None:
+            import tempfile
+
+            from edge_mobilenet.convert.tflite import export_saved_model
+
+            self._saved_model = tempfile.TemporaryDirectory(prefix="edge-savedmodel-")
+            export_saved_model(self.model, self._saved_model.name)
+        return self._saved_model.name
+
+    def close(self) -> None:
+        if self._saved_model is not None:
+            self._saved_model.cleanup()
+            self._saved_model = None
+
     @property
     def size(self) -> tuple[int, int]:
         shape = self.model.input.shape
@@ -151,10 +169,10 @@ def _onnx_facts(path: Path, evaluation: EvalSet | None, float_model: FloatModel)
 
 def _build_tflite(float_model: FloatModel, fmt: Format, calibration: np.ndarray | None,
                   settings: QuantizeSettings, target: Path) -> dict:
-    from edge_mobilenet.convert.tflite import TFLiteOptions, convert_keras
+    from edge_mobilenet.convert.tflite import TFLiteOptions, convert_tflite
 
-    flatbuffer, seconds = convert_keras(float_model.model, [fmt.name], calibration,
-                                        TFLiteOptions(io=settings.io))[fmt.name]
+    flatbuffer, seconds = convert_tflite(float_model.saved_model_dir(), fmt.name, calibration,
+                                         TFLiteOptions(io=settings.io))
     write_bytes_atomic(target, flatbuffer)
     return {"convert_seconds": round(seconds, 2),
             "recipe": {"io": settings.io} if fmt.name == "int8" else {}}

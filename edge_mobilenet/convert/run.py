@@ -89,13 +89,15 @@ def quantize_model(request: ModelRequest, settings: QuantizeSettings, manifest: 
                                        progress=settings.progress)
     exclude = set(calibration.images.files) if calibration is not None else set()
     evaluation = load_eval_set(float_model, settings, exclude)
-    for fmt in todo:
-        started = time.perf_counter()
-        entry = build_artifact(float_model, FORMATS[fmt], settings, manifest, calibration, evaluation,
-                               keys[fmt])
-        entry_status = f"built"
-        _log(_line(entry, entry_status) + f"  ({time.perf_counter() - started:.1f} s with validation)")
-        entries.append(entry)
+    try:
+        for fmt in todo:
+            started = time.perf_counter()
+            entry = build_artifact(float_model, FORMATS[fmt], settings, manifest, calibration,
+                                   evaluation, keys[fmt])
+            _log(_line(entry, "built") + f"  ({time.perf_counter() - started:.1f} s with validation)")
+            entries.append(entry)
+    finally:
+        float_model.close()
     return entries
 
 
