@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +84,7 @@ class EvalSet:
     labels: np.ndarray | None
     float_outputs: np.ndarray
     description: str
-    extra: dict = field(default_factory=dict)
+    label_offset: int = 0  # 1 for 1001-class models (index 0 = background) on 1000-class labels
 
 
 def cache_key(source_sha: str, metrics_sha: str | None, fmt: Format, settings: QuantizeSettings,
@@ -116,7 +116,7 @@ def _metrics(outputs: np.ndarray, evaluation: EvalSet, float_model: FloatModel) 
                "top1_agreement_with_float": round(agreement, 4),
                "max_abs_diff_vs_float": float(np.max(np.abs(outputs - evaluation.float_outputs)))}
     if evaluation.labels is not None and float_model.trained_weights:
-        offset = outputs.shape[-1] - len(float_model.class_names) if float_model.class_names else 0
+        offset = evaluation.label_offset
         metrics["top1"] = round(float(np.mean(_top1(outputs) - offset == evaluation.labels)), 4)
         metrics["float_top1"] = round(float(np.mean(_top1(evaluation.float_outputs) - offset
                                                     == evaluation.labels)), 4)

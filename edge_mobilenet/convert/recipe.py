@@ -132,8 +132,16 @@ def load_eval_set(float_model: FloatModel, settings: QuantizeSettings,
         return None
     inputs = float_model.preprocessing.apply(images.pixels)
     labels = images.labels if (images.labels >= 0).all() and images.class_names else None
+    offset = 0
+    if labels is not None:
+        classes_out, classes_in = int(float_model.model.output.shape[-1]), len(images.class_names)
+        if classes_out == classes_in + 1:
+            offset = 1
+        elif classes_out < classes_in:
+            raise EdgeError(f"{settings.eval_dir or description}: {classes_in} classes, but "
+                            f"{float_model.path} outputs {classes_out}")
     outputs = float_model.model.predict(inputs, batch_size=64, verbose=0)
-    return EvalSet(inputs, labels, outputs, description)
+    return EvalSet(inputs, labels, outputs, description, offset)
 
 
 def _ensure_trained(recipe: ModelRecipe, models_dir: Path, progress: bool) -> str:
