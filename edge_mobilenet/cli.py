@@ -131,13 +131,16 @@ def _format_names():
               help="ONNX int8 activation type [uint8: U8S8, fastest on x86].")
 @click.option("--onnx-method", type=click.Choice(["minmax", "entropy", "percentile"]), default=None,
               help="ONNX Runtime calibration method [minmax].")
+@click.option("--target-accuracy", default=None,
+              help="Accuracy-aware int8: keep the fewest sensitive layers in float until top-1 reaches "
+                   "this share of float top-1 (99%) or this many points below it (0.5pt).")
 @click.option("--alpha", type=float, default=1.0, show_default=True, help="For registry names.")
 @click.option("--size", type=int, default=224, show_default=True, help="For registry names.")
 @click.option("--classes", type=int, default=1000, show_default=True, help="For registry names.")
 @click.option("--output", type=click.Path(), default=None, help="Artifacts folder [build/artifacts].")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def quantize(models_, recipe, calibration, count, seed, skip_corrupt, formats, io, eval_dir, eval_count,
-             onnx_activation, onnx_method, alpha, size, classes, output, quiet):
+             onnx_activation, onnx_method, target_accuracy, alpha, size, classes, output, quiet):
     """Convert float models to TFLite and ONNX artifacts with a manifest.
 
     Either --model (repeatable) or --recipe. Unchanged inputs reuse existing artifacts.
@@ -173,7 +176,12 @@ def quantize(models_, recipe, calibration, count, seed, skip_corrupt, formats, i
         source.seed if seed is None else seed, skip_corrupt),
         io=io or settings.io, eval_dir=eval_dir, eval_count=eval_count,
         onnx_activation_type=onnx_activation or settings.onnx_activation_type,
-        onnx_calibration_method=onnx_method or settings.onnx_calibration_method)
+        onnx_calibration_method=onnx_method or settings.onnx_calibration_method,
+        target_accuracy=target_accuracy)
+    if target_accuracy:
+        from edge_mobilenet.convert.accuracy_aware import parse_target
+
+        parse_target(target_accuracy)
     run_quantize(requests, settings)
 
 

@@ -33,6 +33,7 @@ class QuantizeSettings:
     eval_count: int = 500
     onnx_activation_type: str = "uint8"
     onnx_calibration_method: str = "minmax"
+    target_accuracy: str | None = None  # e.g. "99%" or "0.5pt": accuracy-aware int8
     progress: bool = True
 
 
@@ -91,6 +92,7 @@ def cache_key(source_sha: str, metrics_sha: str | None, fmt: Format, settings: Q
               calibration_sha: str | None) -> str:
     """Everything an artifact's bytes depend on; computable without loading TensorFlow."""
     options = {"format": fmt.name, "io": settings.io if fmt.name == "int8" else None,
+               "target": settings.target_accuracy if fmt.name in ("int8", "onnx-int8") else None,
                "onnx": [settings.onnx_activation_type, settings.onnx_calibration_method]
                if fmt.name == "onnx-int8" else None,
                "source": source_sha, "metrics": metrics_sha,
@@ -167,9 +169,63 @@ def _onnx_facts(path: Path, evaluation: EvalSet | None, float_model: FloatModel)
     return facts
 
 
+def _build_accuracy_aware(float_model: FloatModel, calibration: np.ndarray, settings: QuantizeSettings,
+                          evaluation: EvalSet | None, target: Path) -> dict:
+    from edge_mobilenet.convert import accuracy_aware
+    from edge_mobilenet.convert.quant_debug import SelectiveQuantizer, layer_errors
+
+    goal = accuracy_aware.parse_target(settings.target_accuracy)
+    if evaluation is None or evaluation.labels is None:
+        raise EdgeError("--target-accuracy needs labelled evaluation images (--eval DIR with one "
+                        "sub-folder per class or a labels.csv, or a model trained by edge-bench train)")
+    if not float_model.trained_weights:
+        raise EdgeError(f"{float_model.path}: random weights have no accuracy to keep; train it first")
+    started = time.perf_counter()
+    quantizer = SelectiveQuantizer(float_model.saved_model_dir(), calibration, settings.io)
+    ranking = layer_errors(float_model.saved_model_dir(), calibration, calibration[:32],
+                           {l.name for l in float_model.model.layers})
+    float_top1 = float(np.mean(_top1(evaluation.float_outputs) - evaluation.label_offset == evaluation.labels))
+    found = accuracy_aware.search(quantizer, ranking, evaluation.inputs, evaluation.labels,
+                                  evaluation.label_offset, float_top1, goal, log=_log)
+    write_bytes_atomic(target, found["model"])
+    full_int8 = quantizer.quantize([])
+    record = {"target": goal.text, "met": found["met"], "threshold_top1": round(found["threshold"], 4),
+              "float_top1": round(float_top1, 4), "full_int8_top1": found["steps"][0]["top1"],
+              "top1": round(found["top1"], 4),
+              "float_layers": [r.layer for r in ranking[:found["chosen"]]],
+              "float_nodes": [r.node for r in ranking[:found["chosen"]]],
+              "steps": found["steps"],
+              "latency_ms_p50_local": {"full_int8": round(accuracy_aware.latency_ms_p50(full_int8), 3),
+                                       "selective": round(accuracy_aware.latency_ms_p50(found["model"]), 3)},
+              "search_seconds": round(time.perf_counter() - started, 1)}
+    if not found["met"]:
+        raise TargetNotMet(record)
+    return {"convert_seconds": record["search_seconds"],
+            "recipe": {"io": settings.io, "accuracy_aware": record}}
+
+
+class TargetNotMet(EdgeError):
+    """The target was missed even with every ranked layer in float; the best artifact was kept."""
+
+    def __init__(self, record: dict):
+        self.record = record
+        super().__init__(f"target {record['target']} (top-1 >= {record['threshold_top1']}) not met even "
+                         f"with {len(record['float_layers'])} layers in float: best top-1 {record['top1']} "
+                         f"vs float {record['float_top1']}; kept the best artifact")
+
+
+def _log(message: str) -> None:
+    import sys
+
+    print(message, file=sys.stderr, flush=True)
+
+
 def _build_tflite(float_model: FloatModel, fmt: Format, calibration: np.ndarray | None,
-                  settings: QuantizeSettings, target: Path) -> dict:
+                  settings: QuantizeSettings, target: Path, evaluation: EvalSet | None = None) -> dict:
     from edge_mobilenet.convert.tflite import TFLiteOptions, convert_tflite
+
+    if fmt.name == "int8" and settings.target_accuracy:
+        return _build_accuracy_aware(float_model, calibration, settings, evaluation, target)
 
     flatbuffer, seconds = convert_tflite(float_model.saved_model_dir(), fmt.name, calibration,
                                          TFLiteOptions(io=settings.io))
@@ -205,13 +261,24 @@ def build_artifact(float_model: FloatModel, fmt: Format, settings: QuantizeSetti
     calibration = (calibration_set.inputs(float_model.preprocessing)
                    if fmt.calibrated and calibration_set is not None else None)
     if fmt.runtime == "tflite":
-        built = _build_tflite(float_model, fmt, calibration, settings, target)
+        try:
+            built = _build_tflite(float_model, fmt, calibration, settings, target, evaluation)
+        except TargetNotMet as missed:
+            built = {"recipe": {"io": settings.io, "accuracy_aware": missed.record}}
+            _record(float_model, fmt, target, calibration_set, None, built,
+                    _tflite_facts(target, evaluation, float_model), manifest)
+            raise
         facts = _tflite_facts(target, evaluation, float_model)
     else:
         built = _build_onnx(float_model, fmt, calibration, settings, target, folder)
         facts = _onnx_facts(target, evaluation, float_model)
+    return _record(float_model, fmt, target, calibration_set, key, built, facts, manifest)
+
+
+def _record(float_model: FloatModel, fmt: Format, target: Path, calibration_set, key: str,
+            built: dict, facts: dict, manifest: Manifest) -> dict:
     entry = {
-        "file": file_name, "format": fmt.name, "runtime": fmt.runtime, "baseline": fmt.baseline,
+        "file": target.name, "format": fmt.name, "runtime": fmt.runtime, "baseline": fmt.baseline,
         "sha256": sha256_file(target), "size_bytes": target.stat().st_size,
         "model": float_model.model_name, "source": {"file": str(float_model.path), "sha256": float_model.sha256},
         "trained_weights": float_model.trained_weights, "class_names": float_model.class_names,
@@ -219,7 +286,7 @@ def build_artifact(float_model: FloatModel, fmt: Format, settings: QuantizeSetti
         "calibration": calibration_set.record() if fmt.calibrated and calibration_set is not None else None,
         "tool_versions": tool_versions(), "cache_key": key, **built, **facts,
     }
-    if fmt.name == "onnx" and evaluation is not None:
+    if fmt.name == "onnx" and "validation" in facts:
         entry["max_abs_diff_vs_keras"] = entry["validation"]["max_abs_diff_vs_float"]
     manifest.upsert(entry)
     return entry
