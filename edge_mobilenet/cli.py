@@ -185,6 +185,54 @@ def quantize(models_, recipe, calibration, count, seed, skip_corrupt, formats, i
     run_quantize(requests, settings)
 
 
+@main.command("quant-report")
+@click.argument("artifact", type=click.Path())
+@click.option("--float", "float_path", required=True, type=click.Path(),
+              help="The float .keras/.h5 model the artifact was converted from.")
+@click.option("--calibration", type=click.Path(), default=None,
+              help="Calibration folder [the one recorded in the artifact's manifest].")
+@click.option("--count", type=int, default=None, help="Calibration images [as recorded, or 200].")
+@click.option("--seed", type=int, default=None)
+@click.option("--debug-count", type=int, default=32, show_default=True,
+              help="Images the per-layer error is measured on.")
+@click.option("--output", type=click.Path(), default="build/quant-report", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report.")
+def quant_report(artifact, float_path, calibration, count, seed, debug_count, output, as_json):
+    """Per-layer error of an int8 ARTIFACT against its float model, worst first (table, JSON, PNG)."""
+    from pathlib import Path
+
+    from edge_mobilenet.convert.recipe import load_float_model
+    from edge_mobilenet.convert.quant_debug import layer_errors
+    from edge_mobilenet.data.calibration import CalibrationSource, load_calibration
+    from edge_mobilenet.report import quant_report as qr
+
+    artifact = Path(artifact)
+    if not artifact.is_file():
+        raise EdgeError(f"{artifact}: artifact does not exist")
+    if artifact.suffix != ".tflite":
+        raise EdgeError(f"{artifact}: quant-report reads TFLite int8 artifacts (.tflite)")
+    recorded = qr.manifest_calibration(artifact) or {}
+    source = CalibrationSource(calibration or recorded.get("folder") or "calibration_data/digits",
+                               count or recorded.get("count") or 200,
+                               recorded.get("seed", 0) if seed is None else seed)
+    float_model = load_float_model(float_path, output_dir=Path(output))
+    qr.check_artifact_matches(artifact, float_model.model)
+    images = load_calibration(source, float_model.size, float_model.preprocessing)
+    inputs = images.inputs(float_model.preprocessing)
+    rows = layer_errors(float_model.saved_model_dir(), inputs, inputs[:debug_count],
+                        {l.name for l in float_model.model.layers})
+    float_model.close()
+    model_order = sorted(rows, key=lambda r: [l.name for l in float_model.model.layers].index(r.layer)
+                         if r.layer in {l.name for l in float_model.model.layers} else 10**6)
+    report = qr.write_report(rows, model_order, artifact, Path(output),
+                             {"float_model": str(float_path), "calibration": images.record()})
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    click.echo(qr.table(report["layers"]))
+    click.echo(f"\nwrote {report['files'][0]} and {report['files'][1]}")
+
+
 @main.command("calibration-set")
 @click.argument("folder", type=click.Path())
 @click.option("--count", type=int, default=200, show_default=True)

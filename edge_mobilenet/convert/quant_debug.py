@@ -36,10 +36,17 @@ class LayerError:
 
 
 def _snr_db(float_tensors, quant_tensors, scale, zero_point) -> float:
+    with np.errstate(all="ignore"):
+        return _snr_db_unchecked(float_tensors, quant_tensors, scale, zero_point)
+
+
+def _snr_db_unchecked(float_tensors, quant_tensors, scale, zero_point) -> float:
     signal = sum(float(np.sum(np.square(np.asarray(f, np.float64)))) for f in float_tensors)
     noise = sum(float(np.sum(np.square(np.asarray(f, np.float64)
                                        - (np.asarray(q, np.float64) - zero_point) * scale)))
                 for f, q in zip(float_tensors, quant_tensors))
+    if not (math.isfinite(signal) and math.isfinite(noise)):
+        return float("nan")
     return float("inf") if noise == 0 else 10 * math.log10(max(signal, 1e-30) / noise)
 
 
