@@ -15,6 +15,7 @@ needed to quantize, check and run; ``tf2onnx`` (and TensorFlow) only to convert.
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
@@ -271,7 +272,7 @@ def quantize_onnx(float_path: str | Path, output_path: str | Path, calibration_i
     with tempfile.TemporaryDirectory(prefix="edge-onnx-quant-") as folder:
         prepared = Path(folder) / "prepared.onnx"
         try:
-            quant_pre_process(str(float_path), str(prepared))
+            quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
             with atomic_path(output_path, suffix=".onnx") as tmp:
                 quantize_static(str(prepared), str(tmp), _calibration_reader(spec["input"]["name"], inputs, batch),
                                 quant_format=QuantFormat.QDQ, per_channel=options.per_channel,
@@ -282,8 +283,6 @@ def quantize_onnx(float_path: str | Path, output_path: str | Path, calibration_i
             raise
         except Exception as error:  # ORT's quantizer raises many types
             raise EdgeError(f"{float_path}: ONNX Runtime quantization failed: {_first_line(error)}") from None
-    import hashlib
-
     return {"scheme": options.scheme, "quant_format": "QDQ", "options": asdict(options),
             "default_activation_reason": DEFAULT_ACTIVATION_REASON,
             "calibration_count": int(len(inputs)),

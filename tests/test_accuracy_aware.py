@@ -1,0 +1,95 @@
+"""Per-layer error and accuracy-aware int8 on a real trained model with real LiteRT evaluation."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_mobilenet.convert.accuracy_aware import AccuracyTarget, parse_target, search
+from edge_mobilenet.errors import EdgeError
+from edge_mobilenet.train import TrainSettings, train_model
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("aa-models")
+    return Path(train_model(TrainSettings(epochs=6, output_dir=str(folder), progress=False))["model_path"])
+
+
+def _cli(*args, check=True):
+    result = subprocess.run([sys.executable, "-m", "edge_mobilenet.cli", *[str(a) for a in args]],
+                            capture_output=True, text=True)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_parse_target():
+    assert parse_target("99%").threshold(0.8) == pytest.approx(0.792)
+    assert parse_target("0.5pt").threshold(0.8) == pytest.approx(0.795)
+    for bad in ("abc", "120%", "", "99"):
+        with pytest.raises(EdgeError, match="target accuracy"):
+            parse_target(bad)
+
+
+def test_quant_report_ranks_layers_and_writes_json_and_png(trained, tmp_path):
+    _cli("quantize", "--quiet", "--model", trained, "--formats", "int8", "--count", 64, "--output", tmp_path)
+    artifact = tmp_path / "mobilenet_v1_0.25_32.int8.tflite"
+    result = _cli("quant-report", artifact, "--float", trained, "--output", tmp_path / "qr", "--json")
+    report = json.loads(result.stdout)
+    values = [l["rmse_over_scale"] for l in report["layers"]]
+    assert values == sorted(values, reverse=True) and len(values) >= 27
+    assert {"conv1_relu", "conv_pw_13_relu", "conv_preds"} <= {l["layer"] for l in report["layers"]}
+    # a well-behaved int8 layer sits near ideal rounding error (1/sqrt(12) = 0.289)
+    assert 0.15 < float(np.median(values)) < 0.6
+    assert report["calibration"]["count"] == 64  # taken from the artifact's manifest
+    png = Path(report["files"][1])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_quant_report_refuses_a_float_model_that_does_not_match(trained, tmp_path):
+    _cli("quantize", "--quiet", "--model", trained, "--formats", "int8", "--count", 16, "--output", tmp_path)
+    other = tmp_path / "other.keras"
+    from edge_mobilenet.models import build_model
+
+    build_model("mobilenet_v1", alpha=0.25, size=48, classes=10).save(other)
+    result = _cli("quant-report", tmp_path / "mobilenet_v1_0.25_32.int8.tflite", "--float", other, check=False)
+    assert result.returncode != 0 and "does not match the float model" in result.stderr
+
+
+def test_target_reaching_float_keeps_layers_in_float(trained, tmp_path):
+    """0pt: int8 must be as accurate as float; the search keeps sensitive layers in float as needed."""
+    _cli("quantize", "--quiet", "--model", trained, "--formats", "int8", "--count", 64,
+         "--target-accuracy", "0pt", "--output", tmp_path)
+    entry = json.loads((tmp_path / "manifest.json").read_text())["artifacts"][0]
+    record = entry["recipe"]["accuracy_aware"]
+    assert record["met"] and record["top1"] >= record["float_top1"]
+    assert entry["validation"]["top1"] == pytest.approx(record["top1"], abs=1e-4)
+    if record["full_int8_top1"] < record["float_top1"]:
+        assert record["float_layers"], "a missed target must have moved layers to float"
+    assert set(record["latency_ms_p50_local"]) == {"full_int8", "selective"}
+
+
+class _ScriptedQuantizer:
+    """Stands in for the TFLite quantizer only to drive the search through a target nobody meets."""
+
+    def __init__(self, accuracies):
+        self.accuracies = accuracies
+
+    def quantize(self, nodes):
+        return len(nodes)
+
+
+def test_search_reports_the_best_when_the_target_cannot_be_met(monkeypatch):
+    import edge_mobilenet.convert.accuracy_aware as aa
+
+    monkeypatch.setattr(aa, "top1", lambda k, *args: [0.5, 0.6, 0.7, 0.65][k])
+    ranking = [type("R", (), {"node": f"n{i}"})() for i in range(3)]
+    found = search(_ScriptedQuantizer(None), ranking, None, None, 0, 0.9, AccuracyTarget("99%", relative=0.99))
+    assert not found["met"] and found["chosen"] == 2 and found["top1"] == 0.7
+    monkeypatch.setattr(aa, "top1", lambda k, *args: [0.5, 0.6, 0.9, 0.95][k])
+    found = search(_ScriptedQuantizer(None), ranking, None, None, 0, 0.9, AccuracyTarget("0pt", points=0.0))
+    assert found["met"] and found["chosen"] == 2
