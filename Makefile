@@ -9,7 +9,7 @@ STAMP := $(VENV)/.deps-$(DEPS_HASH)
 ARTIFACTS ?= build/artifacts
 RESULTS ?= build/results
 
-.PHONY: setup quantize train bench report test test-fast clean
+.PHONY: setup quantize train bench report test clean accuracy-report
 
 setup: $(STAMP)
 	@$(PY) -c "import edge_mobilenet, pathlib, sys; sys.exit(pathlib.Path(edge_mobilenet.__file__).resolve().parent != pathlib.Path('edge_mobilenet').resolve())" 2>/dev/null \
@@ -39,3 +39,7 @@ test: setup
 
 clean:
 	rm -rf build
+
+## Issue-5 evidence: float vs plain vs accuracy-aware int8 (needs ../shared/data and `make quantize`).
+accuracy-report: quantize
+	$(PY) benchmarks/accuracy_aware.py

@@ -66,16 +66,19 @@ def latency_ms_p50(model_bytes: bytes, runs: int = 50, threads: int = 1) -> floa
     return float(np.median(times))
 
 
-def search(quantizer, ranking: list, inputs: np.ndarray, labels: np.ndarray, offset: int,
-           float_top1: float, target: AccuracyTarget, log=lambda message: None) -> dict:
-    """Smallest k such that keeping ranking[:k] in float meets the target; returns the search record."""
+def search(quantizer, ranking: list, score, float_top1: float, target: AccuracyTarget,
+           log=lambda message: None) -> dict:
+    """Smallest k such that keeping ranking[:k] in float meets the target; returns the search record.
+
+    ``quantizer.quantize(nodes)`` makes a model with ``nodes`` in float; ``score(model)`` is its top-1.
+    """
     threshold = target.threshold(float_top1)
     steps, cache = [], {}
 
     def evaluate(k: int) -> float:
         if k not in cache:
             model = quantizer.quantize([r.node for r in ranking[:k]])
-            cache[k] = (top1(model, inputs, labels, offset), model)
+            cache[k] = (score(model), model)
             steps.append({"float_layers": k, "top1": round(cache[k][0], 4)})
             log(f"    {k:3d} layer(s) in float: top-1 {cache[k][0]:.4f} (target {threshold:.4f})")
         return cache[k][0]

@@ -5,17 +5,24 @@ Quantization runs ``quant_pre_process`` (shape inference + graph optimisation) f
 ``quantize_static`` in QDQ format with per-channel int8 weights, calibrated on already
 preprocessed float32 images (N x H x W x 3). QDQ models keep float32 inputs and outputs.
 
-Default activation type (measured on this x86 machine, Xeon with AVX-512 VNNI, ORT 1.31, 224x224,
-batch 1; see the ``DEFAULT_ACTIVATION_REASON``): uint8 activations with int8 weights (U8S8). With int8
-activations (S8S8), ONNX Runtime's x86 CPU provider leaves most QDQ convolutions as
-DequantizeLinear -> float Conv -> QuantizeLinear, so S8S8 runs slower than the float model;
-U8S8 is fused into QLinearConv and is faster than float. Only ``onnx`` and ``onnxruntime`` are
-needed to quantize, check and run; ``tf2onnx`` (and TensorFlow) only to convert.
+Default activation type, measured on this x86 machine (Xeon with AVX-512 VNNI, 2 cores, ORT 1.31,
+224x224, batch 1, random weights, 1 thread, median ms; fp32 / U8S8 / S8S8): MobileNetV1 11.6 / 4.2 /
+4.2, V2 7.6 / 3.5 / 5.8, V3-Small 2.7 / 2.4 / 6.8, V3-Large 7.4 / 5.2 / 14.1. With uint8 activations
+and int8 weights (U8S8) every convolution becomes a QLinearConv; with int8 activations (S8S8) the x86
+CPU provider leaves 15 of 52 V2 convolutions, 25 of 54 V3-Small and 33 of 64 V3-Large ones as
+DequantizeLinear -> float Conv -> QuantizeLinear, so U8S8 is the default. On x86 without VNNI, U8S8
+can saturate: use ``reduce_range=True`` there. Two threads on this shared 2-core machine were no
+faster than one.
+
+Only ``onnx`` and ``onnxruntime`` are needed to quantize, check and run; ``tf2onnx`` (and
+TensorFlow) only to convert.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
@@ -32,9 +39,9 @@ WEIGHT_TYPES = ("int8", "uint8")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 DEFAULT_ACTIVATION_REASON = (
-    "U8S8 QDQ is fused into QLinearConv by ONNX Runtime's x86 CPU provider and beats float; S8S8 "
-    "leaves most convolutions as DequantizeLinear + float Conv + QuantizeLinear and runs slower than "
-    "float (measured on an AVX-512 VNNI Xeon, ORT 1.31: see benchmarks/onnx_quantization.md)")
+    "uint8 activations (U8S8): ONNX Runtime's x86 CPU provider fuses every QDQ convolution into "
+    "QLinearConv and beats float (V2 224: 3.5 vs 7.6 ms); with int8 activations (S8S8) it leaves many "
+    "convolutions in float and runs slower than float for V3 (V3-Large: 14.1 vs 7.4 ms; ORT 1.31, 1 thread)")
 
 
 @dataclass(frozen=True)
@@ -160,6 +167,19 @@ def _check_keras_input(model, batch: int) -> tuple[int, ...]:
     return (batch, *(int(d) for d in shape[1:]))
 
 
+@contextlib.contextmanager
+def _quiet_tf2onnx():
+    """tf2onnx logs a traceback when an optional graph optimiser gives up (V3's hard-swish adds);
+    the conversion still succeeds, so only errors are shown."""
+    logger = logging.getLogger("tf2onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def convert_onnx(model, output_path: str | Path, *, batch: int = 1, opset: int | None = None) -> dict:
     """Keras 3 model -> float32 ONNX file (batch fixed, input named ``input``), written atomically.
 
@@ -174,7 +194,8 @@ def convert_onnx(model, output_path: str | Path, *, batch: int = 1, opset: int |
     started = time.perf_counter()
     signature = (tf.TensorSpec(shape, tf.float32, name=INPUT_NAME),)
     try:
-        proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
+        with _quiet_tf2onnx():
+            proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
     except Exception as error:  # tf2onnx raises many types with long messages
         raise EdgeError(f"ONNX conversion failed: {_first_line(error)}") from None
     seconds = time.perf_counter() - started

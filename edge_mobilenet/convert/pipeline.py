@@ -185,8 +185,10 @@ def _build_accuracy_aware(float_model: FloatModel, calibration: np.ndarray, sett
     ranking = layer_errors(float_model.saved_model_dir(), calibration, calibration[:32],
                            {l.name for l in float_model.model.layers})
     float_top1 = float(np.mean(_top1(evaluation.float_outputs) - evaluation.label_offset == evaluation.labels))
-    found = accuracy_aware.search(quantizer, ranking, evaluation.inputs, evaluation.labels,
-                                  evaluation.label_offset, float_top1, goal, log=_log)
+    def score(model: bytes) -> float:
+        return accuracy_aware.top1(model, evaluation.inputs, evaluation.labels, evaluation.label_offset)
+
+    found = accuracy_aware.search(quantizer, ranking, score, float_top1, goal, log=_log)
     write_bytes_atomic(target, found["model"])
     full_int8 = quantizer.quantize([])
     record = {"target": goal.text, "met": found["met"], "threshold_top1": round(found["threshold"], 4),
