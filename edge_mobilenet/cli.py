@@ -254,5 +254,14 @@ def models():
         click.echo(f"{entry.name:34s} {entry.summary} (input: {entry.preprocessing})")
 
 
+def _register_commands() -> None:
+    """Commands defined beside their library code (each imports its heavy parts lazily)."""
+    from edge_mobilenet.convert.check_command import check
+
+    main.add_command(check)
+
+
+_register_commands()
+
 if __name__ == "__main__":
     main()

@@ -16,9 +16,10 @@ from edge_mobilenet.train import TrainSettings, load_keras_model, train_model
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """mobilenet_v1 0.25/32 trained for 3 epochs on the digits (random weights give flat outputs)."""
+    """mobilenet_v1 0.25/32 trained on the digits (random weights give flat outputs; 3 epochs give a
+    52%-accurate, unconfident model whose top-1 flips under int8; 10 give ~86%)."""
     folder = tmp_path_factory.mktemp("onnx-model")
-    metrics = train_model(TrainSettings(epochs=3, output_dir=str(folder), progress=False))
+    metrics = train_model(TrainSettings(epochs=10, output_dir=str(folder), progress=False))
     return load_keras_model(metrics["model_path"])
 
 
@@ -71,7 +72,7 @@ def test_int8_qdq_agrees_with_float_and_keeps_float_io(float_onnx, int8_onnx, di
     assert spec["input"]["dtype"] == "float32" and spec["input"]["scale"] is None
     float_top1 = onnx_convert.run_onnx(float_onnx[0], digits).argmax(1)
     int8_top1 = onnx_convert.run_onnx(path, digits).argmax(1)
-    assert np.mean(float_top1 == int8_top1) >= 0.9
+    assert np.mean(float_top1 == int8_top1) >= 0.95
 
 
 def test_int8_quantization_is_deterministic(float_onnx, int8_onnx, digits, tmp_path):

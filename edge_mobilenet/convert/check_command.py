@@ -14,7 +14,8 @@ DEFAULT_ONNX_RUNTIMES = ("onnxruntime",)
 @click.argument("artifact", type=click.Path(dir_okay=False))
 @click.option("--runtime", "runtimes", multiple=True, metavar="NAME[==VERSION]",
               help="tflite-runtime==2.14, ai-edge-litert==2.3, ai-edge-litert (newest known), "
-                   "onnxruntime==1.16 (repeatable) [tflite-runtime==2.14 and ai-edge-litert, or onnxruntime].")
+                   "onnxruntime==1.16 (repeatable) [tflite-runtime==2.14 and ai-edge-litert; "
+                   "onnxruntime for .onnx].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of verdict lines.")
 def check(artifact, runtimes, as_json):
     """Say whether each runtime can load ARTIFACT (.tflite or .onnx), from its operator versions.

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import logging
 import tempfile
 import time
@@ -243,7 +244,8 @@ def _calibration_reader(input_name: str, inputs: np.ndarray, batch: int):
 def _check_calibration(inputs, spec: dict, batch: int, source: Path) -> np.ndarray:
     if not isinstance(inputs, np.ndarray) or inputs.ndim != 4 or len(inputs) == 0:
         shape = getattr(inputs, "shape", None)
-        raise EdgeError(f"ONNX calibration needs a non-empty N x H x W x C float array; received shape {shape}")
+        raise EdgeError("ONNX calibration needs a non-empty N x H x W x C float array; "
+                        f"received shape {shape}")
     expected = spec["input"]["shape"][1:]
     if list(inputs.shape[1:]) != expected:
         raise EdgeError(f"{source}: calibration images are {list(inputs.shape[1:])} but the model "
@@ -294,8 +296,10 @@ def quantize_onnx(float_path: str | Path, output_path: str | Path, calibration_i
         prepared = Path(folder) / "prepared.onnx"
         try:
             quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
-            with atomic_path(output_path, suffix=".onnx") as tmp:
-                quantize_static(str(prepared), str(tmp), _calibration_reader(spec["input"]["name"], inputs, batch),
+            with atomic_path(output_path, suffix=".onnx") as tmp, \
+                    contextlib.redirect_stdout(io.StringIO()):  # entropy/percentile print progress
+                reader = _calibration_reader(spec["input"]["name"], inputs, batch)
+                quantize_static(str(prepared), str(tmp), reader,
                                 quant_format=QuantFormat.QDQ, per_channel=options.per_channel,
                                 reduce_range=options.reduce_range, activation_type=activation,
                                 weight_type=weight, calibrate_method=method,

@@ -23,6 +23,11 @@ from edge_mobilenet.errors import EdgeError
 from edge_mobilenet.fileio import sha256_file, write_bytes_atomic
 
 
+# Runtimes every artifact is checked against (from its operator versions / opset) in the manifest.
+TFLITE_RUNTIMES_CHECKED = ("tflite-runtime==2.14", "ai-edge-litert==2.3")
+ONNX_RUNTIMES_CHECKED = ("onnxruntime==1.16", "onnxruntime")
+
+
 @dataclass(frozen=True)
 class QuantizeSettings:
     formats: tuple[str, ...]
@@ -143,10 +148,8 @@ def _op_facts(path: Path, interpreter) -> dict:
         from edge_mobilenet.convert.compat import check_compat, required_ops
 
         facts["ops"] = required_ops(path)
-        facts["compatibility"] = {}
-        for runtime in ("tflite-runtime==2.14", "ai-edge-litert==2.3"):
-            result = check_compat(path, runtime)
-            facts["compatibility"][runtime] = {"loads": result.ok, "problems": result.problems}
+        facts["compatibility"] = {runtime: _compat_record(check_compat(path, runtime))
+                                  for runtime in TFLITE_RUNTIMES_CHECKED}
     except ImportError:
         pass
     try:
@@ -158,12 +161,20 @@ def _op_facts(path: Path, interpreter) -> dict:
     return facts
 
 
+def _compat_record(result) -> dict:
+    return {"loads": result.ok, "problems": result.problems}
+
+
 def _onnx_facts(path: Path, evaluation: EvalSet | None, float_model: FloatModel) -> dict:
     from edge_mobilenet.convert.onnx_convert import onnx_io_spec, run_onnx
 
+    from edge_mobilenet.convert.compat import check_compat
+
     spec = onnx_io_spec(path)
     facts = {"input": {**spec["input"], "preprocessing": asdict(float_model.preprocessing)},
-             "output": spec["output"], "opset": spec.get("opset")}
+             "output": spec["output"], "opset": spec.get("opset"),
+             "compatibility": {runtime: _compat_record(check_compat(path, runtime))
+                               for runtime in ONNX_RUNTIMES_CHECKED}}
     if evaluation is not None:
         facts["validation"] = _metrics(run_onnx(path, evaluation.inputs), evaluation, float_model)
     return facts

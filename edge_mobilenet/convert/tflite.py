@@ -24,8 +24,8 @@ class TFLiteOptions:
 
     io: str = "int8"
     batch: int = 1
-    # Keeps dense layers per-tensor in dynamic-range models: FULLY_CONNECTED stays at a version
-    # tflite-runtime 2.14 can load (TF 2.21 otherwise emits version 12).
+    # Keeps dense layers per-tensor in dynamic-range models: FULLY_CONNECTED stays at version 9,
+    # which tflite-runtime 2.14 (max 10) loads; TF 2.21 otherwise emits version 12.
     dynamic_per_tensor_dense: bool = True
 
 

@@ -56,17 +56,32 @@ class _Blocks:
         if kind == "hard_swish":
             if self.config.hard_swish == "fused":
                 return L.Activation("hard_swish", name=name)(x)
-            gate = self.hard_sigmoid(x, name + "_gate")
-            return L.Multiply(name=name)([x, gate])
+            return self.hard_swish_decomposed(x, name)
         raise ValueError(f"unknown activation {kind!r}")
 
+    def relu6_shifted(self, x, name: str):
+        """relu6(x + 3): one int8 ADD with a fused RELU6 after conversion."""
+        L = self.layers
+        x = L.Rescaling(scale=1.0, offset=3.0, name=name + "_shift")(x)
+        return L.ReLU(6.0, name=name + "_relu6")(x)
+
+    def hard_swish_decomposed(self, x, name: str):
+        """(x / 6) * relu6(x + 3): ADD+RELU6, MUL by a constant, MUL; all taken by XNNPACK in int8.
+
+        The 1/6 scales ``x`` rather than the product: TFLite's converter folds
+        ``x * relu6(x + 3) * (1/6)`` and ``x * (relu6(x + 3) * (1/6))`` back into HARD_SWISH.
+        """
+        L = self.layers
+        gate = self.relu6_shifted(x, name)
+        scaled = L.Rescaling(scale=1.0 / 6.0, name=name + "_scale")(x)
+        return L.Multiply(name=name)([scaled, gate])
+
     def hard_sigmoid(self, x, name: str):
-        """relu6(x + 3) / 6, as x/6 + 1/2 clamped to [0, 1] in the decomposed form."""
+        """relu6(x + 3) / 6; decomposed: ADD+RELU6 then a constant MUL (on the small SE tensor)."""
         L = self.layers
         if self.config.hard_swish == "fused":
             return L.Activation("hard_sigmoid", name=name)(x)
-        x = L.Rescaling(scale=1.0 / 6.0, offset=0.5, name=name + "_affine")(x)
-        return L.ReLU(max_value=1.0, name=name)(x)
+        return L.Rescaling(scale=1.0 / 6.0, name=name)(self.relu6_shifted(x, name))
 
     def pad_for_stride2(self, x, kernel: int, name: str):
         height, width = x.shape[1], x.shape[2]
