@@ -23,6 +23,9 @@ from edge_mobilenet.errors import EdgeError
 from edge_mobilenet.fileio import sha256_file, write_bytes_atomic
 
 
+# Bumped when the manifest facts an artifact carries change, so older entries are rebuilt.
+PIPELINE_VERSION = 2
+
 # Runtimes every artifact is checked against (from its operator versions / opset) in the manifest.
 TFLITE_RUNTIMES_CHECKED = ("tflite-runtime==2.14", "ai-edge-litert==2.3")
 ONNX_RUNTIMES_CHECKED = ("onnxruntime==1.16", "onnxruntime")
@@ -102,7 +105,8 @@ def cache_key(source_sha: str, metrics_sha: str | None, fmt: Format, settings: Q
                if fmt.name == "onnx-int8" else None,
                "source": source_sha, "metrics": metrics_sha,
                "calibration": calibration_sha if fmt.calibrated else None,
-               "eval": [settings.eval_dir, settings.eval_count], "tools": tool_versions()}
+               "eval": [settings.eval_dir, settings.eval_count], "tools": tool_versions(),
+               "pipeline": PIPELINE_VERSION}
     return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()
 
 
