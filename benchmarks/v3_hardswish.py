@@ -154,20 +154,37 @@ def litert_rows(key: str, pixels: np.ndarray, runs: int) -> list[str]:
 
 
 def onnx_rows(key: str, pixels: np.ndarray, runs: int, folder: Path) -> list[str]:
-    from benchmarks_onnx import onnx_artifacts, ort_session  # noqa: F401 (sibling helper)
+    """fp32 ONNX (tf2onnx) vs U8S8 QDQ per-channel int8 of the stock and the rewritten graph."""
+    from edge_mobilenet.convert.onnx_convert import (convert_onnx, make_session, quantize_onnx,
+                                                     run_onnx)
 
     name = MODELS[key]
     variants = keras_variants(name, pixels)
-    paths = onnx_artifacts(variants, pixels[32:82], folder / name)
-    rows = []
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for label in ("stock", "rewritten"):
+        float_path = folder / f"{name}_{label}.onnx"
+        convert_onnx(variants[label], float_path)
+        if label == "stock":
+            paths["fp32"] = float_path
+        paths["int8" if label == "stock" else "int8-rewritten"] = folder / f"{name}_{label}_int8.onnx"
+        quantize_onnx(float_path, paths["int8" if label == "stock" else "int8-rewritten"], pixels[32:82])
+    evaluation = pixels[82:182]
+    reference = variants["stock"].predict(evaluation, verbose=0)
     latency = {}
     for threads in (1, 2):
-        sessions = {label: ort_session(path, threads) for label, path in paths.items()}
-        measured = time_interleaved(sessions, runs)
+        sessions = {label: make_session(path, threads) for label, path in paths.items()}
+        feeds = {label: {s.get_inputs()[0].name: pixels[:1]} for label, s in sessions.items()}
+        runners = {label: (lambda s=s, f=feeds[label]: s.run(None, f)) for label, s in sessions.items()}
+        measured = time_interleaved(runners, runs)
         latency[threads] = {label: float(np.median(values)) for label, values in measured.items()}
-    for label in paths:
+    rows = []
+    for label, path in paths.items():
+        logits = run_onnx(path, evaluation)
+        agree = float(np.mean(np.argmax(logits, 1) == np.argmax(reference, 1)))
+        error = float(np.sqrt(np.mean((logits - reference) ** 2)) / np.sqrt(np.mean(reference ** 2)))
         cells = [f"{latency[t][label]:.2f} | {latency[t][label] / latency[t]['fp32']:.2f}" for t in (1, 2)]
-        rows.append(f"| {name} | {label} | {cells[0]} | {cells[1]} |")
+        rows.append(f"| {name} | {label} | {cells[0]} | {cells[1]} | {agree:.2f} | {error:.3f} |")
     return rows
 
 
@@ -190,19 +207,20 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=300)
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--onnx", action="store_true", help="also ONNX Runtime fp32 vs QDQ int8")
+    parser.add_argument("--onnx-only", action="store_true", help="skip LiteRT")
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "v3_hardswish.md"))
     args = parser.parse_args()
     pixels = images(Path(args.shared), 182)
     lines = header(args.runs)
-    for key in args.models.split(","):
-        lines += litert_rows(key, pixels, args.runs)
-        print("\n".join(lines[-5:]), file=sys.stderr, flush=True)
-    if args.onnx:
-        sys.path.insert(0, str(Path(__file__).parent))
+    for key in ([] if args.onnx_only else args.models.split(",")):
+        rows = litert_rows(key, pixels, args.runs)
+        print("\n".join(rows), file=sys.stderr, flush=True)
+        lines += rows
+    if args.onnx or args.onnx_only:
         lines += ["", "## ONNX Runtime (CPU EP, U8S8 QDQ per-channel, MinMax on the same 50 images)", "",
-                  "| model | artifact | p50 ms 1 thread | x fp32 | p50 ms 2 threads | x fp32 |",
-                  "|---|---|---|---|---|---|"]
-        for key in ("small", "large"):
+                  "| model | artifact | p50 ms 1 thread | x fp32 | p50 ms 2 threads | x fp32 | "
+                  "int8 top-1 agree | rel. err |", "|---|---|---|---|---|---|---|---|"]
+        for key in [k for k in args.models.split(",") if "minimalistic" not in k]:
             lines += onnx_rows(key, pixels, args.runs, REPO / "build" / "v3_hardswish_onnx")
     text = "\n".join(lines) + "\n"
     print(text)

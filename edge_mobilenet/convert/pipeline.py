@@ -42,6 +42,7 @@ class QuantizeSettings:
     onnx_activation_type: str = "uint8"
     onnx_calibration_method: str = "minmax"
     target_accuracy: str | None = None  # e.g. "99%" or "0.5pt": accuracy-aware int8
+    rewrite_hard_swish: bool = True  # express hard-swish with ops XNNPACK's int8 kernels take
     progress: bool = True
 
 
@@ -60,24 +61,58 @@ class FloatModel:
     sha256: str = ""
     params: int = 0
     macs: int = 0
+    hard_swish_rewrite: dict | None = None
 
-    _saved_model: object = None
+    def apply_hard_swish_rewrite(self, enabled: bool, check_batch: np.ndarray | None = None) -> None:
+        """Swap in the int8-friendly hard-swish form (same outputs, checked) before any conversion."""
+        if not enabled:
+            self.hard_swish_rewrite = {"enabled": False}
+            return
+        from edge_mobilenet.convert.rewrite import rewrite_hard_swish
 
-    def saved_model_dir(self) -> str:
-        """The model exported once (batch 1) for every TFLite conversion; removed by close()."""
-        if self._saved_model is None:
-            import tempfile
+        rewritten, report = rewrite_hard_swish(self.model, check_batch=check_batch)
+        self.int8_model = rewritten if report["rewritten"] else None
+        self.hard_swish_rewrite = {"enabled": True, "rewritten": len(report["rewritten"]),
+                                   "left": report["left"],
+                                   "max_abs_diff": report.get("max_abs_diff")}
 
-            from edge_mobilenet.convert.tflite import export_saved_model
+    int8_model: object = None  # the model int8 formats convert: hard-swish rewritten where it applies
+    _exports: dict = None
 
-            self._saved_model = tempfile.TemporaryDirectory(prefix="edge-savedmodel-")
-            export_saved_model(self.model, self._saved_model.name)
-        return self._saved_model.name
+    def model_for(self, fmt: Format):
+        """Integer formats take the rewritten graph; float formats keep the stock one (faster in float)."""
+        integer = fmt.name in ("int8", "onnx-int8")
+        return self.int8_model if integer and self.int8_model is not None else self.model
+
+    def _export(self, fmt: Format, kind: str, write) -> Path:
+        """``write(model, folder)`` once per (model, kind) into a temporary folder removed by close()."""
+        import tempfile
+
+        model = self.model_for(fmt)
+        self._exports = self._exports if self._exports is not None else {}
+        key = (id(model), kind)
+        if key not in self._exports:
+            folder = tempfile.TemporaryDirectory(prefix=f"edge-{kind}-")
+            write(model, Path(folder.name))
+            self._exports[key] = folder
+        return Path(self._exports[key].name)
+
+    def saved_model_dir(self, fmt: Format) -> str:
+        """The model for ``fmt`` exported once (batch 1) for every TFLite conversion."""
+        from edge_mobilenet.convert.tflite import export_saved_model
+
+        return str(self._export(fmt, "savedmodel", lambda m, folder: export_saved_model(m, str(folder))))
+
+    def float_onnx(self, fmt: Format) -> Path:
+        """A float ONNX export of the model for ``fmt``: the input of ONNX Runtime's quantizer."""
+        from edge_mobilenet.convert.onnx_convert import convert_onnx
+
+        return self._export(fmt, "onnx", lambda m, folder: convert_onnx(m, folder / "float.onnx")) / "float.onnx"
 
     def close(self) -> None:
-        if self._saved_model is not None:
-            self._saved_model.cleanup()
-            self._saved_model = None
+        for folder in (self._exports or {}).values():
+            folder.cleanup()
+        self._exports = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -106,6 +141,7 @@ def cache_key(source_sha: str, metrics_sha: str | None, fmt: Format, settings: Q
                "source": source_sha, "metrics": metrics_sha,
                "calibration": calibration_sha if fmt.calibrated else None,
                "eval": [settings.eval_dir, settings.eval_count], "tools": tool_versions(),
+               "hard_swish_rewrite": settings.rewrite_hard_swish,
                "pipeline": PIPELINE_VERSION}
     return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()
 
@@ -196,9 +232,10 @@ def _build_accuracy_aware(float_model: FloatModel, calibration: np.ndarray, sett
     if not float_model.trained_weights:
         raise EdgeError(f"{float_model.path}: random weights have no accuracy to keep; train it first")
     started = time.perf_counter()
-    quantizer = SelectiveQuantizer(float_model.saved_model_dir(), calibration, settings.io)
-    ranking = layer_errors(float_model.saved_model_dir(), calibration, calibration[:32],
-                           {l.name for l in float_model.model.layers})
+    exported = float_model.saved_model_dir(FORMATS["int8"])
+    quantizer = SelectiveQuantizer(exported, calibration, settings.io)
+    ranking = layer_errors(exported, calibration, calibration[:32],
+                           {l.name for l in float_model.model_for(FORMATS["int8"]).layers})
     float_top1 = float(np.mean(_top1(evaluation.float_outputs) - evaluation.label_offset == evaluation.labels))
     def score(model: bytes) -> float:
         return accuracy_aware.top1(model, evaluation.inputs, evaluation.labels, evaluation.label_offset)
@@ -244,7 +281,7 @@ def _build_tflite(float_model: FloatModel, fmt: Format, calibration: np.ndarray 
     if fmt.name == "int8" and settings.target_accuracy:
         return _build_accuracy_aware(float_model, calibration, settings, evaluation, target)
 
-    flatbuffer, seconds = convert_tflite(float_model.saved_model_dir(), fmt.name, calibration,
+    flatbuffer, seconds = convert_tflite(float_model.saved_model_dir(fmt), fmt.name, calibration,
                                          TFLiteOptions(io=settings.io))
     write_bytes_atomic(target, flatbuffer)
     return {"convert_seconds": round(seconds, 2),
@@ -252,16 +289,14 @@ def _build_tflite(float_model: FloatModel, fmt: Format, calibration: np.ndarray 
 
 
 def _build_onnx(float_model: FloatModel, fmt: Format, calibration: np.ndarray | None,
-                settings: QuantizeSettings, target: Path, folder: Path) -> dict:
+                settings: QuantizeSettings, target: Path) -> dict:
     from edge_mobilenet.convert import onnx_convert
 
     started = time.perf_counter()
     if fmt.name == "onnx":
         facts = onnx_convert.convert_onnx(float_model.model, target)
         return {"convert_seconds": round(time.perf_counter() - started, 2), "recipe": {}, "onnx": facts}
-    float_path = folder / f"{float_model.stem}{FORMATS['onnx'].suffix}"
-    if not float_path.is_file():
-        onnx_convert.convert_onnx(float_model.model, float_path)
+    float_path = float_model.float_onnx(fmt)
     options = onnx_convert.OnnxQuantOptions(activation_type=settings.onnx_activation_type,
                                             method=settings.onnx_calibration_method)
     facts = onnx_convert.quantize_onnx(float_path, target, calibration, options)
@@ -273,8 +308,7 @@ def build_artifact(float_model: FloatModel, fmt: Format, settings: QuantizeSetti
                    manifest: Manifest, calibration_set, evaluation: EvalSet | None, key: str) -> dict:
     """Convert one artifact, validate it and record it in the manifest."""
     file_name = f"{float_model.stem}{fmt.suffix}"
-    folder = Path(settings.output_dir)
-    target = folder / file_name
+    target = Path(settings.output_dir) / file_name
     calibration = (calibration_set.inputs(float_model.preprocessing)
                    if fmt.calibrated and calibration_set is not None else None)
     if fmt.runtime == "tflite":
@@ -287,7 +321,7 @@ def build_artifact(float_model: FloatModel, fmt: Format, settings: QuantizeSetti
             raise
         facts = _tflite_facts(target, evaluation, float_model)
     else:
-        built = _build_onnx(float_model, fmt, calibration, settings, target, folder)
+        built = _build_onnx(float_model, fmt, calibration, settings, target)
         facts = _onnx_facts(target, evaluation, float_model)
     return _record(float_model, fmt, target, calibration_set, key, built, facts, manifest)
 
@@ -301,7 +335,8 @@ def _record(float_model: FloatModel, fmt: Format, target: Path, calibration_set,
         "trained_weights": float_model.trained_weights, "class_names": float_model.class_names,
         "dataset": float_model.dataset, "params": float_model.params, "macs": float_model.macs,
         "calibration": calibration_set.record() if fmt.calibrated and calibration_set is not None else None,
-        "tool_versions": tool_versions(), "cache_key": key, **built, **facts,
+        "tool_versions": tool_versions(), "cache_key": key,
+        "hard_swish_rewrite": float_model.hard_swish_rewrite, **built, **facts,
     }
     if fmt.name == "onnx" and "validation" in facts:
         entry["max_abs_diff_vs_keras"] = entry["validation"]["max_abs_diff_vs_float"]

@@ -87,6 +87,14 @@ def quantize_model(request: ModelRequest, settings: QuantizeSettings, manifest: 
     if any(FORMATS[f].calibrated for f in todo):
         calibration = load_calibration(settings.calibration, float_model.size, float_model.preprocessing,
                                        progress=settings.progress)
+    float_model.apply_hard_swish_rewrite(
+        settings.rewrite_hard_swish,
+        calibration.inputs(float_model.preprocessing)[:8] if calibration is not None else None)
+    if float_model.hard_swish_rewrite.get("rewritten"):
+        _log(f"  hard-swish: {float_model.hard_swish_rewrite['rewritten']} activation(s) rewritten for int8 "
+             f"kernels (max abs output difference {float_model.hard_swish_rewrite['max_abs_diff']:.2g})")
+    for left in float_model.hard_swish_rewrite.get("left", []):
+        _log(f"  hard-swish left as is in {left['layer']}: {left['reason']}")
     exclude = set(calibration.images.files) if calibration is not None else set()
     evaluation = load_eval_set(float_model, settings, exclude)
     try:
