@@ -1,0 +1,71 @@
+"""``edge-bench bench``: latency and accuracy of artifacts on a device."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+
+import click
+
+
+@click.command("bench")
+@click.argument("artifacts", nargs=-1)
+@click.option("--device", default="local", show_default=True,
+              help="local, pi, android, or NAME for benchmarks/devices/NAME.toml (or a .toml path).")
+@click.option("--host", default=None, help="SSH host (overrides the profile).")
+@click.option("--user", default=None)
+@click.option("--port", type=int, default=None)
+@click.option("--identity", default=None, help="SSH private key file.")
+@click.option("--ssh-config", default=None, help="ssh config file (default: ~/.ssh/config).")
+@click.option("--serial", default=None, help="adb device serial.")
+@click.option("--adb", default=None, help="adb binary.")
+@click.option("--python", "python_", default=None, help="Python on the device (default python3).")
+@click.option("--runtime", type=click.Choice(["auto", "litert", "tflite-runtime", "onnxruntime"]), default=None)
+@click.option("--threads", type=int, default=None)
+@click.option("--cpus", default=None, help="Pin to these CPUs on the device, e.g. 4-7.")
+@click.option("--benchmark-binary", default=None, help="TFLite benchmark_model for devices without Python.")
+@click.option("--eval", "eval_dir", default=None,
+              help="Labelled images (class sub-folders or labels.csv); default: the training split in the manifest.")
+@click.option("--eval-count", type=int, default=None, help="Images for accuracy [200; 50 with --quick].")
+@click.option("--quick", is_flag=True, help="Short run: 10 timed runs / 0.2 s, 50 images.")
+@click.option("--min-runs", type=int, default=None, help="[50]")
+@click.option("--min-seconds", type=float, default=None, help="[1.0]")
+@click.option("--max-seconds", type=float, default=None, help="[150]")
+@click.option("--warmup-runs", type=int, default=None, help="[1]")
+@click.option("--warmup-seconds", type=float, default=None, help="[0.5]")
+@click.option("--timeout", "timeout_s", type=float, default=None, help="Seconds per artifact on the device [600].")
+@click.option("--output", default=None, help="Results JSON, appended per artifact [build/results/DEVICE.json].")
+def bench(artifacts, device, host, user, port, identity, ssh_config, serial, adb, python_, runtime, threads,
+          cpus, benchmark_binary, eval_dir, eval_count, quick, min_runs, min_seconds, max_seconds,
+          warmup_runs, warmup_seconds, timeout_s, output):
+    """Run ARTIFACTS (folders with a manifest, manifests, .tflite/.onnx files) on a device.
+
+    Default ARTIFACTS: build/artifacts. Exit status 1 if any artifact failed.
+    """
+    from edge_mobilenet.bench.devices import load_profile, make_transport, with_overrides
+    from edge_mobilenet.bench.harness import QUICK, BenchSettings, ResultsFile, bench as run_bench
+    from edge_mobilenet.bench.harness import resolve_artifacts
+
+    profile = with_overrides(load_profile(device), host=host, user=user, port=port, identity=identity,
+                             ssh_config=ssh_config, serial=serial, adb=adb, python=python_, runtime=runtime,
+                             threads=threads, cpus=cpus, benchmark_binary=benchmark_binary)
+    settings = BenchSettings(threads=profile.threads, runtime=profile.runtime, cpus=profile.cpus,
+                             eval_dir=eval_dir, benchmark_binary=profile.benchmark_binary)
+    if quick:
+        settings = replace(settings, **QUICK)
+    overrides = dict(min_runs=min_runs, min_seconds=min_seconds, max_seconds=max_seconds,
+                     warmup_runs=warmup_runs, warmup_seconds=warmup_seconds, timeout_s=timeout_s,
+                     eval_count=eval_count)
+    settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    found = resolve_artifacts(list(artifacts) or ["build/artifacts"])
+    results = ResultsFile(output or f"build/results/{profile.name}.json")
+    transport = make_transport(profile)
+    click.echo(f"{len(found)} artifact(s) on {profile.name} ({transport.describe()}), "
+               f"{settings.threads} thread(s); results -> {results.path}", err=True)
+    records = run_bench(found, transport, profile.name, settings, results)
+    warnings = sorted({w for r in records for w in r["warnings"] if not w.startswith("graph split")})
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
+    failed = [r for r in records if r["status"] != "ok"]
+    click.echo(f"{len(records) - len(failed)} ok, {len(failed)} failed; results in {results.path}", err=True)
+    sys.exit(1 if failed else 0)
