@@ -353,7 +353,10 @@ def main(argv=None):
                   "error": ("%s: %s" % (type(error).__name__, error)).splitlines()[0][:300]}
     sys.stdout.write(json.dumps(result) + "\n")
     sys.stdout.flush()
-    return 0 if result.get("ok") else 3
+    code = 0 if result.get("ok") else 3
+    if args.exit_on_stdin_eof:
+        os._exit(code)  # the stdin watcher thread must not block interpreter shutdown
+    return code
 
 
 if __name__ == "__main__":

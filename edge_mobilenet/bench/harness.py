@@ -265,8 +265,8 @@ def _run_one(transport: Transport, artifact: Artifact, index: int, batch: np.nda
         inputs_name = f"inputs_{index}.npz"
         transport.push(artifact.path, model_name)
         transport.push(npz, inputs_name)
-    argv = [transport.python, "device_runner.py", "--model", model_name, "--inputs", inputs_name,
-            *settings.runner_args()]
+    argv = [transport.python, transport.remote("device_runner.py"), "--model", transport.remote(model_name),
+            "--inputs", transport.remote(inputs_name), *settings.runner_args()]
     if transport.name == "ssh":
         argv.append("--exit-on-stdin-eof")
     result = transport.run_in_scratch(argv, timeout=settings.timeout_s,
@@ -396,8 +396,13 @@ def bench(artifacts: list[Artifact], transport: Transport, device_name: str, set
             results.append(record)
             records.append(record)
             progress.write(summary_line(record), file=sys.stderr) if log is None else log(summary_line(record))
-    finally:
-        transport.close()
+    except BaseException:
+        try:
+            transport.close()
+        except EdgeError:
+            pass  # the first error is the one to report
+        raise
+    transport.close()
     return records
 
 

@@ -82,11 +82,14 @@ class Transport:
         return CommandResult(process.returncode, stdout, stderr)
 
     def close(self) -> None:
+        """Kill anything still running from the scratch directory, then remove it."""
         if self.scratch is None:
             return
         scratch, self.scratch = self.scratch, None
-        quoted = shlex.quote(scratch)
-        self.shell(f"pkill -f {quoted} 2>/dev/null; rm -rf {quoted}", timeout=60)
+        # "[/]tmp/..." matches the runner's command line but not this shell's own
+        pattern = shlex.quote(f"[{scratch[0]}]{scratch[1:]}")
+        self.shell(f"pkill -f {pattern} 2>/dev/null; true", timeout=60)
+        self.shell(f"rm -rf {shlex.quote(scratch)}", timeout=60)
 
     def _shell(self, command: str) -> list[str]:
         raise NotImplementedError
