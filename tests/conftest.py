@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,3 +36,29 @@ def cli():
         return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
 
     return invoke
+
+
+
+@pytest.fixture(scope="session")
+def bench_artifacts(tmp_path_factory) -> Path:
+    """A build/artifacts-like folder with a manifest: mobilenet_v1 0.25/32 trained 6 epochs on digits."""
+    models = tmp_path_factory.mktemp("bench-models")
+    from edge_mobilenet.train import TrainSettings, train_model
+
+    model = train_model(TrainSettings(epochs=6, output_dir=str(models), progress=False))["model_path"]
+    output = tmp_path_factory.mktemp("bench-artifacts")
+    subprocess.run([sys.executable, "-m", "edge_mobilenet.cli", "quantize", "--quiet", "--model", model,
+                    "--formats", "fp32,int8,onnx,onnx-int8", "--count", "50", "--output", str(output)],
+                   check=True, capture_output=True)
+    return output
+
+
+def _run_cli(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "edge_mobilenet.cli", *[str(a) for a in args]],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def run_cli():
+    """Run the installed CLI in a subprocess (exit status and stderr as a user sees them)."""
+    return _run_cli

@@ -76,7 +76,10 @@ def _infer_entry(path: Path) -> dict:
     if runtime == "tflite":
         from edge_mobilenet.convert.tflite import io_spec, make_interpreter
 
-        in_spec, out_spec = io_spec(make_interpreter(path))
+        try:
+            in_spec, out_spec = io_spec(make_interpreter(path))
+        except (ValueError, RuntimeError) as error:
+            raise EdgeError(f"{path}: not a loadable TFLite model ({str(error).splitlines()[0][:120]})") from None
     else:
         from edge_mobilenet.convert.onnx_convert import onnx_io_spec
 
@@ -159,12 +162,16 @@ def input_batch(entry: dict, pixels: np.ndarray | None) -> np.ndarray:
 
 
 def decode_outputs(result: dict, entry: dict) -> np.ndarray | None:
+    """Dequantized outputs [N, classes]; records the raw outputs' sha256 in ``result`` (to compare devices)."""
+    import hashlib
+
     from edge_mobilenet.convert.tflite import dequantize_output
 
     if "outputs_npz_b64" not in result:
         return None
     with np.load(io.BytesIO(base64.b64decode(result["outputs_npz_b64"]))) as data:
         outputs = data["outputs"]
+    result["outputs_sha256"] = hashlib.sha256(np.ascontiguousarray(outputs).tobytes()).hexdigest()
     return dequantize_output(outputs.reshape(len(outputs), -1), entry["output"])
 
 
@@ -354,8 +361,13 @@ def run_record(artifact: Artifact, result: dict, device_name: str, transport: Tr
         "valid": result.get("ok", False) and not result.get("throttled_during_run", False),
         "warnings": _warnings(result), "commit": commit_info(), "tool_versions": tool_versions(),
     }
+    if outputs_sha256 := result.get("outputs_sha256"):
+        record["outputs_sha256"] = outputs_sha256
     if not result.get("ok"):
         record["error"] = f"{result.get('error_kind')}: {result.get('error')}"
+        if result.get("error_kind") == "no_runtime":
+            record["error"] += (f" -- install one on the device: `{transport.python} -m pip install "
+                                "ai-edge-litert` (or tflite-runtime; onnxruntime for .onnx)")
     return record
 
 
