@@ -1,0 +1,177 @@
+"""edge-bench against the emulated ARM board (../shared/tools/emulated-device.sh): a real aarch64
+userland (Debian arm64 under qemu-user, Cortex-A72) reached over a real SSH server and a real adbd on
+loopback. Its results are real ARM results; its latencies are not (emulation): none is asserted.
+"""
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(os.environ.get("EDGE_EMU_SCRIPT", Path(__file__).resolve().parents[2] / "shared" / "tools"
+                             / "emulated-device.sh"))
+TINY = ["--quick", "--min-runs", "3", "--min-seconds", "0", "--warmup-seconds", "0", "--eval-count", "12",
+        "--threads", "1"]
+pytestmark = pytest.mark.device
+
+
+def _fixture(action: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SCRIPT), action], capture_output=True, text=True, timeout=1200)
+
+
+def _start(kind: str) -> dict:
+    if not SCRIPT.is_file():
+        pytest.skip(f"emulated device script {SCRIPT} is absent")
+    ensure = _fixture("ensure")
+    if ensure.returncode == 3:
+        pytest.skip(f"this machine can't host the emulated device: {ensure.stdout.strip()[-200:]}")
+    assert ensure.returncode == 0, ensure.stderr[-2000:]
+    started = _fixture(f"start-{kind}")
+    if started.returncode == 3:
+        pytest.skip(f"this machine can't host the emulated {kind} fixture")
+    assert started.returncode == 0, started.stderr[-2000:]
+    env = _fixture("env").stdout
+    return dict(line.split("=", 1) for line in env.split() if "=" in line)
+
+
+@pytest.fixture(scope="module")
+def pi():
+    env = _start("ssh")
+    yield env
+    _fixture("stop-ssh")
+
+
+@pytest.fixture(scope="module")
+def android():
+    env = _start("adb")
+    yield env
+    _fixture("stop-adb")
+
+
+def _ssh_args(env):
+    return ["--device", "pi", "--host", env["EDGE_EMU_SSH_HOST"], "--ssh-config", env["EDGE_EMU_SSH_CONFIG"]]
+
+
+def _remote(env, command: str) -> str:
+    return subprocess.run(["ssh", "-F", env["EDGE_EMU_SSH_CONFIG"], env["EDGE_EMU_SSH_HOST"], command],
+                          capture_output=True, text=True, timeout=60).stdout
+
+
+def _bench(run_cli, artifacts, extra, results):
+    return run_cli("bench", *artifacts, *TINY, *extra, "--output", results)
+
+
+def test_pi_over_ssh_matches_local(bench_artifacts, pi, run_cli, tmp_path):
+    files = [bench_artifacts / f"mobilenet_v1_0.25_32.{s}" for s in ("fp32.tflite", "int8.tflite")]
+    local, board = tmp_path / "local.json", tmp_path / "pi.json"
+    assert _bench(run_cli, files, ["--device", "local"], local).returncode == 0
+    result = _bench(run_cli, files, _ssh_args(pi), board)
+    assert result.returncode == 0, result.stderr
+    assert "EMULATED" in result.stderr
+    on_pi = {r["format"]: r for r in json.loads(board.read_text())["runs"]}
+    on_host = {r["format"]: r for r in json.loads(local.read_text())["runs"]}
+    for run in on_pi.values():
+        assert run["device"]["machine"] == "aarch64" and run["device"]["cpu_part"] == "0xd08"
+        assert run["runtime"]["xnnpack"] is True and run["emulated"] is True
+        assert run["transport"] == "ssh"
+    assert on_pi["int8"]["outputs_sha256"] == on_host["int8"]["outputs_sha256"]
+    assert on_pi["fp32"]["accuracy"]["top1"] == on_host["fp32"]["accuracy"]["top1"]
+    assert on_pi["int8"]["accuracy"]["agreement_with_float"] is not None
+    assert on_pi["int8"]["accuracy"]["delta_top1_vs_float"] is not None
+    assert not _remote(pi, "ls -d /tmp/edge-bench.* 2>/dev/null").strip()  # scratch removed
+
+
+def test_tflite_runtime_214_fallback(bench_artifacts, pi, run_cli, tmp_path):
+    """The board's /opt/tfl has tflite-runtime 2.14 (numpy < 2), as many Pis do."""
+    results = tmp_path / "r.json"
+    files = [bench_artifacts / f"mobilenet_v1_0.25_32.{s}" for s in ("fp32.tflite", "int8.tflite")]
+    result = _bench(run_cli, files, _ssh_args(pi) + ["--python", "/opt/tfl/bin/python3"], results)
+    assert result.returncode == 0, result.stderr
+    runs = {r["format"]: r for r in json.loads(results.read_text())["runs"]}
+    assert {r["runtime"]["name"] for r in runs.values()} == {"tflite-runtime"}
+    assert runs["fp32"]["runtime"]["version"] == "2.14.0" and runs["fp32"]["device"]["numpy"].startswith("1.")
+    assert runs["fp32"]["runtime"]["xnnpack"] is True
+    # 2.14 does not hand int8 graphs to XNNPACK by default: the report must say so, not assume it
+    assert runs["int8"]["runtime"]["xnnpack"] is False and runs["int8"]["runtime"]["nodes_delegated"] == 0
+    assert runs["int8"]["accuracy"]["agreement_with_float"] >= 0.75
+
+
+def test_device_without_the_runtime_says_what_to_install(bench_artifacts, pi, run_cli, tmp_path):
+    results = tmp_path / "r.json"
+    result = _bench(run_cli, [bench_artifacts / "mobilenet_v1_0.25_32.int8.tflite"],
+                    _ssh_args(pi) + ["--runtime", "tflite-runtime"], results)
+    assert result.returncode == 1
+    run = json.loads(results.read_text())["runs"][0]
+    assert run["status"] == "failed" and "no_runtime" in run["error"] and "pip install" in run["error"]
+
+
+def test_device_without_python_says_what_to_install(bench_artifacts, pi, run_cli, tmp_path):
+    result = _bench(run_cli, [bench_artifacts / "mobilenet_v1_0.25_32.int8.tflite"],
+                    _ssh_args(pi) + ["--python", "/usr/bin/python-nonexistent"], tmp_path / "r.json")
+    assert result.returncode != 0
+    assert "edge-bench: error:" in result.stderr and "install Python" in result.stderr
+
+
+def test_timeout_kills_the_remote_run(bench_artifacts, pi, run_cli, tmp_path):
+    results = tmp_path / "r.json"
+    result = run_cli("bench", bench_artifacts / "mobilenet_v1_0.25_32.fp32.tflite", *_ssh_args(pi),
+                     "--min-seconds", "120", "--max-seconds", "120", "--timeout", "8", "--eval-count", "2",
+                     "--output", results)
+    assert result.returncode == 1
+    run = json.loads(results.read_text())["runs"][0]
+    assert run["status"] == "failed" and "timeout" in run["error"]
+    assert "device_runner" not in _remote(pi, "ps -eo args")
+
+
+def test_unknown_host_key_is_refused(bench_artifacts, pi, run_cli, tmp_path):
+    config = tmp_path / "ssh_config"
+    empty_known_hosts = tmp_path / "known_hosts"
+    empty_known_hosts.write_text("")
+    text = Path(pi["EDGE_EMU_SSH_CONFIG"]).read_text()
+    lines = [l for l in text.splitlines() if "UserKnownHostsFile" not in l and "StrictHostKeyChecking" not in l]
+    config.write_text("\n".join(lines + [f"  UserKnownHostsFile {empty_known_hosts}",
+                                         "  StrictHostKeyChecking accept-new"]) + "\n")
+    result = run_cli("bench", bench_artifacts / "mobilenet_v1_0.25_32.int8.tflite", "--device", "pi",
+                     "--host", pi["EDGE_EMU_SSH_HOST"], "--ssh-config", config, *TINY,
+                     "--output", tmp_path / "r.json")
+    assert result.returncode != 0 and "host key" in result.stderr
+    assert empty_known_hosts.read_text() == ""  # nothing was accepted, even with accept-new in the config
+
+
+def test_connection_cut_mid_run_keeps_results_and_leaves_nothing_running(bench_artifacts, pi, tmp_path):
+    results = tmp_path / "r.json"
+    args = ["bench", str(bench_artifacts / "mobilenet_v1_0.25_32.int8.tflite"),
+            str(bench_artifacts / "mobilenet_v1_0.25_32.fp32.tflite"), *_ssh_args(pi), "--min-runs", "3",
+            "--min-seconds", "10", "--max-seconds", "60", "--warmup-seconds", "0", "--eval-count", "4",
+            "--output", str(results)]
+    process = subprocess.Popen([os.sys.executable, "-m", "edge_mobilenet.cli", *args],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # wait for the first artifact (the fp32 baseline runs first) to be stored
+    deadline = time.time() + 240
+    while time.time() < deadline and not (results.exists() and json.loads(results.read_text())["runs"]):
+        time.sleep(0.5)
+    assert results.exists(), "the first artifact never finished"
+    # the second artifact is running: cut the connection by killing the local ssh client
+    time.sleep(1.0)
+    subprocess.run(["pkill", "-f", "ssh .*device_runner.py"], check=False)
+    process.wait(timeout=120)
+    assert process.returncode != 0
+    runs = json.loads(results.read_text())["runs"]
+    assert len(runs) >= 1 and runs[0]["status"] == "ok"
+    time.sleep(2)
+    assert "device_runner" not in _remote(pi, "ps -eo args")
+
+
+def test_android_over_adb(bench_artifacts, android, run_cli, tmp_path):
+    results = tmp_path / "r.json"
+    files = [bench_artifacts / f"mobilenet_v1_0.25_32.{s}" for s in ("fp32.tflite", "int8.onnx")]
+    result = _bench(run_cli, files, ["--device", "android", "--adb", android["EDGE_EMU_ADB"],
+                                     "--serial", android["EDGE_EMU_ADB_SERIAL"], "--cpus", "0-1"], results)
+    assert result.returncode == 0, result.stderr
+    runs = {r["format"]: r for r in json.loads(results.read_text())["runs"]}
+    assert runs["fp32"]["device"]["machine"] == "aarch64" and runs["fp32"]["transport"] == "adb"
+    assert runs["fp32"]["runtime"]["xnnpack"] and runs["onnx-int8"]["runtime"]["name"] == "onnxruntime"
+    assert runs["onnx-int8"]["accuracy"]["top1"] is not None
