@@ -254,8 +254,11 @@ class _Rewriter:
         L, op = self.keras.layers, node.operation
         if len(node.arguments.keras_tensors) != 1 or len(node.outputs) != 1:
             return False
-        if isinstance(op, (L.ZeroPadding2D, L.GlobalAveragePooling2D, L.AveragePooling2D,
-                           L.MaxPooling2D, L.GlobalMaxPooling2D)):
+        if isinstance(op, (L.GlobalAveragePooling2D, L.GlobalMaxPooling2D)):
+            # over a 1x1 map the converter drops the pooling, the 1/6 lands next to the product
+            # again and the pattern folds back into HARD_SWISH: apply the scale before it instead
+            return tuple(node.arguments.keras_tensors[0].shape[1:3]) != (1, 1)
+        if isinstance(op, (L.ZeroPadding2D, L.AveragePooling2D, L.MaxPooling2D)):
             return True
         return (type(op) in (L.Conv2D, L.DepthwiseConv2D, L.Dense) and not op.use_bias
                 and _activation_name(op.activation) == "linear")
