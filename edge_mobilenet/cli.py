@@ -260,11 +260,11 @@ def models():
 
 def _register_commands() -> None:
     """Commands defined beside their library code (each imports its heavy parts lazily)."""
-    from edge_mobilenet.bench.commands import bench
+    from edge_mobilenet.bench.commands import bench, compare, report
     from edge_mobilenet.convert.check_command import check
 
-    main.add_command(check)
-    main.add_command(bench)
+    for command in (check, bench, report, compare):
+        main.add_command(command)
 
 
 _register_commands()
