@@ -163,3 +163,13 @@ def test_bad_input_one_line_nonzero_nothing_written(trained, tmp_path, case, mes
     assert len(errors) == 1 and message in errors[0], result.stderr
     assert "Traceback" not in result.stderr
     assert not output.exists() or not [p for p in output.iterdir() if p.suffix in (".tflite", ".onnx", ".tmp")]
+
+
+def test_same_inputs_give_the_same_artifact_bytes(trained, tmp_path):
+    """Deterministic for a given seed: calibration choice, TFLite int8 and ONNX Runtime QDQ."""
+    for name in ("a", "b"):
+        _quantize("--model", trained, "--formats", "int8,onnx-int8", "--count", 40, "--seed", 3,
+                  "--output", tmp_path / name)
+    for suffix in (".int8.tflite", ".int8.onnx"):
+        first = (tmp_path / "a" / f"{trained.stem}{suffix}").read_bytes()
+        assert first == (tmp_path / "b" / f"{trained.stem}{suffix}").read_bytes(), suffix

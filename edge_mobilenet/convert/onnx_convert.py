@@ -200,6 +200,7 @@ def convert_onnx(model, output_path: str | Path, *, batch: int = 1, opset: int |
     except Exception as error:  # tf2onnx raises many types with long messages
         raise EdgeError(f"ONNX conversion failed: {_first_line(error)}") from None
     seconds = time.perf_counter() - started
+    canonical_names(proto.graph)
     with atomic_path(output_path, suffix=".onnx") as tmp:
         onnx.save(proto, str(tmp))
     spec = onnx_io_spec(output_path)
@@ -207,6 +208,43 @@ def convert_onnx(model, output_path: str | Path, *, batch: int = 1, opset: int |
             "output_name": spec["output"]["name"], "output_shape": spec["output"]["shape"],
             "dtype": spec["input"]["dtype"], "opset": spec["opset"], "ir_version": spec["ir_version"],
             "tf2onnx": tf2onnx.__version__, "convert_seconds": round(seconds, 2)}
+
+
+def canonical_names(graph) -> None:
+    """Rename nodes and inner tensors by position, so the same model always serializes to the same bytes.
+
+    tf2onnx numbers the names it makes in an order that depends on Python's per-process string hashing;
+    the graph itself (op order, weights) is the same every time. Graph inputs and outputs keep their names.
+    """
+    import re
+
+    keep = {v.name for v in graph.input} | {v.name for v in graph.output}
+    names: dict[str, str] = {}
+
+    def stable(name: str) -> str:  # keeps the Keras layer path tf2onnx put in the name
+        return re.sub(r"__\d+", "", name)
+
+    def rename(name: str) -> str:
+        if not name or name in keep:
+            return name
+        return names.setdefault(name, f"{stable(name)}__t{len(names)}")
+
+    for index, node in enumerate(graph.node):
+        node.name = f"{stable(node.name) or node.op_type}__n{index}"
+        for field in (node.input, node.output):
+            for position, name in enumerate(field):
+                field[position] = rename(name)
+    initializers = sorted(graph.initializer, key=lambda t: int(rename(t.name).rsplit("__t", 1)[1])
+                          if rename(t.name) not in keep else -1)
+    for tensor in initializers:
+        tensor.name = rename(tensor.name)
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+    infos = sorted(graph.value_info, key=lambda v: rename(v.name))  # unique names: a total order
+    for info in infos:
+        info.name = rename(info.name)
+    del graph.value_info[:]
+    graph.value_info.extend(infos)
 
 
 def verify_onnx(onnx_path: str | Path, keras_model, inputs: np.ndarray) -> float:
