@@ -205,8 +205,9 @@ def quant_report(artifact, float_path, calibration, count, seed, debug_count, ou
     """Per-layer error of an int8 ARTIFACT against its float model, worst first (table, JSON, PNG)."""
     from pathlib import Path
 
-    from edge_mobilenet.convert.recipe import load_float_model
+    from edge_mobilenet.convert.formats import FORMATS
     from edge_mobilenet.convert.quant_debug import layer_errors
+    from edge_mobilenet.convert.recipe import load_float_model
     from edge_mobilenet.data.calibration import CalibrationSource, load_calibration
     from edge_mobilenet.report import quant_report as qr
 
@@ -215,7 +216,9 @@ def quant_report(artifact, float_path, calibration, count, seed, debug_count, ou
         raise EdgeError(f"{artifact}: artifact does not exist")
     if artifact.suffix != ".tflite":
         raise EdgeError(f"{artifact}: quant-report reads TFLite int8 artifacts (.tflite)")
-    recorded = qr.manifest_calibration(artifact) or {}
+    recorded_entry = qr.manifest_entry(artifact) or {}
+    recorded = recorded_entry.get("calibration") or {}
+    recorded_rewrite = (recorded_entry.get("hard_swish_rewrite") or {"enabled": True}).get("enabled", True)
     source = CalibrationSource(calibration or recorded.get("folder") or "calibration_data/digits",
                                count or recorded.get("count") or 200,
                                recorded.get("seed", 0) if seed is None else seed)
@@ -223,11 +226,12 @@ def quant_report(artifact, float_path, calibration, count, seed, debug_count, ou
     qr.check_artifact_matches(artifact, float_model.model)
     images = load_calibration(source, float_model.size, float_model.preprocessing)
     inputs = images.inputs(float_model.preprocessing)
-    rows = layer_errors(float_model.saved_model_dir(), inputs, inputs[:debug_count],
-                        {l.name for l in float_model.model.layers})
+    float_model.apply_hard_swish_rewrite(recorded_rewrite, inputs[:8])  # as the artifact was made
+    int8 = FORMATS["int8"]
+    layers = [l.name for l in float_model.model_for(int8).layers]
+    rows = layer_errors(float_model.saved_model_dir(int8), inputs, inputs[:debug_count], set(layers))
     float_model.close()
-    model_order = sorted(rows, key=lambda r: [l.name for l in float_model.model.layers].index(r.layer)
-                         if r.layer in {l.name for l in float_model.model.layers} else 10**6)
+    model_order = sorted(rows, key=lambda r: layers.index(r.layer) if r.layer in layers else len(layers))
     report = qr.write_report(rows, model_order, artifact, Path(output),
                              {"float_model": str(float_path), "calibration": images.record()})
     if as_json:

@@ -71,10 +71,10 @@ def write_report(rows: list, model_order: list, artifact: Path, output_dir: Path
     return report
 
 
-def manifest_calibration(artifact: Path) -> dict | None:
+def manifest_entry(artifact: Path) -> dict | None:
+    """The artifact's entry in the manifest beside it (calibration used, hard-swish rewrite), if any."""
     manifest = artifact.parent / "manifest.json"
     if not manifest.is_file():
         return None
-    entry = next((a for a in json.loads(manifest.read_text()).get("artifacts", [])
-                  if a.get("file") == artifact.name), None)
-    return (entry or {}).get("calibration")
+    return next((a for a in json.loads(manifest.read_text()).get("artifacts", [])
+                 if a.get("file") == artifact.name), None)
