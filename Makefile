@@ -27,7 +27,9 @@ $(STAMP): pyproject.toml
 quantize: setup
 	$(EDGE) quantize --recipe converters/default.toml --output $(ARTIFACTS)
 
+## Benchmark the default artifacts on this machine; a fresh results file each time.
 bench: quantize
+	rm -f $(RESULTS)/local.json
 	$(EDGE) bench $(ARTIFACTS) --device local --output $(RESULTS)/local.json
 	$(EDGE) report $(RESULTS)/local.json --output $(RESULTS)/local
 
