@@ -32,19 +32,9 @@ MODELS = ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_la
 
 
 def bare_p50(path: Path, runs: int) -> float:
-    from edge_mobilenet.convert.tflite import make_interpreter
+    from edge_mobilenet.convert.accuracy_aware import latency_ms_p50
 
-    interpreter = make_interpreter(path, threads=1)
-    detail = interpreter.get_input_details()[0]
-    interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
-    for _ in range(20):
-        interpreter.invoke()
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        interpreter.invoke()
-        times.append((time.perf_counter() - started) * 1e3)
-    return float(np.median(times))
+    return latency_ms_p50(path, runs=runs, warmup_runs=20)
 
 
 def harness_runs(paths: list[Path], runs: int, output: Path) -> dict[str, dict]:

@@ -50,14 +50,15 @@ def top1(model_bytes: bytes, inputs: np.ndarray, labels: np.ndarray, offset: int
     return float(np.mean(np.argmax(outputs, axis=1) - offset == labels))
 
 
-def latency_ms_p50(model_bytes: bytes, runs: int = 50, threads: int = 1) -> float:
-    """Median LiteRT invoke time on this machine (a cost estimate for the manifest, not a benchmark)."""
+def latency_ms_p50(model, runs: int = 50, threads: int = 1, warmup_runs: int = 1) -> float:
+    """Median bare LiteRT ``invoke()`` time of a model (bytes or path) on this machine."""
     from edge_mobilenet.convert.tflite import make_interpreter
 
-    interpreter = make_interpreter(model_bytes, threads)
+    interpreter = make_interpreter(model, threads)
     detail = interpreter.get_input_details()[0]
     interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
-    interpreter.invoke()
+    for _ in range(warmup_runs):
+        interpreter.invoke()
     times = []
     for _ in range(runs):
         started = time.perf_counter()
