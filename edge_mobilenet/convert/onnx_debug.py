@@ -145,3 +145,213 @@ def _per_axis(values: np.ndarray, node, ndim: int) -> np.ndarray:
     shape = [1] * ndim
     shape[axis] = values.size
     return values.reshape(shape)
+
+
+def _float_name(name: str) -> str:
+    return name[:-len(QUANT_INPUT_SUFFIX)] if name.endswith(QUANT_INPUT_SUFFIX) else name
+
+
+def _quantized_activations(qdq_graph: _Graph):
+    """(tensor, producer, dequantized output, scale) for each activation a QuantizeLinear quantizes."""
+    dequantizers = {}
+    for node in qdq_graph.model.graph.node:
+        if node.op_type == "DequantizeLinear":
+            dequantizers.setdefault(node.input[0], node)
+    for node in qdq_graph.model.graph.node:
+        tensor = node.input[0] if node.op_type == "QuantizeLinear" else ""
+        producer = qdq_graph.producers.get(tensor)
+        dequantizer = dequantizers.get(node.output[0])
+        if (producer is None or producer.op_type in ("QuantizeLinear", "DequantizeLinear")
+                or dequantizer is None or node.input[1] not in qdq_graph.initializers):
+            continue
+        scale = qdq_graph.array(node.input[1])
+        if scale.size == 1:
+            yield tensor, producer, dequantizer.output[0], float(scale.reshape(()))
+
+
+def _input_mapping(node, qdq_graph: _Graph) -> dict[str, str]:
+    """Float-model tensor name -> the QDQ tensor ``node`` reads for it (dequantized if quantized)."""
+    mapping = {}
+    for name in node.input:
+        if not name or name in qdq_graph.initializers:
+            continue
+        producer = qdq_graph.producers.get(name)
+        if producer is not None and producer.op_type == "DequantizeLinear":
+            source = producer.input[0]
+            quantizer = qdq_graph.producers.get(source)
+            if source in qdq_graph.initializers or quantizer is None or quantizer.op_type != "QuantizeLinear":
+                continue  # a quantized weight: its float original is used instead
+            mapping[_float_name(quantizer.input[0])] = name
+        else:
+            mapping[_float_name(name)] = name
+    return mapping
+
+
+def _reference_nodes(float_graph: _Graph, tensor: str, mapping: dict[str, str]):
+    """The float nodes computing ``tensor`` from ``mapping``'s tensors and initializers, in order."""
+    nodes, initializers, needed = {}, set(), [tensor]
+    while needed:
+        name = needed.pop()
+        if name in mapping or not name:
+            continue
+        if name in float_graph.initializers:
+            initializers.add(name)
+            continue
+        producer = float_graph.producers.get(name)
+        if producer is None:
+            return None  # a graph input the QDQ node does not read: not the same computation
+        if id(producer) not in nodes:
+            nodes[id(producer)] = producer
+            if len(nodes) > MAX_REFERENCE_NODES:
+                return None
+            needed.extend(producer.input)
+    return sorted(nodes.values(), key=lambda n: float_graph.order[id(n)]), initializers
+
+
+def _augment(float_graph: _Graph, qdq_graph: _Graph):
+    """A copy of the QDQ model that also outputs each activation's int8 value and float reference."""
+    import onnx
+
+    model = onnx.ModelProto()
+    model.CopyFrom(qdq_graph.model)
+    graph, probes, copied, seen = model.graph, [], set(), set()
+    outputs = {v.name for v in graph.output}
+    for tensor, producer, quantized, scale in _quantized_activations(qdq_graph):
+        float_tensor = _float_name(tensor)
+        mapping = _input_mapping(producer, qdq_graph)
+        found = _reference_nodes(float_graph, float_tensor, mapping) if float_tensor not in seen else None
+        if found is None or producer.op_type not in {n.op_type for n in found[0]}:
+            continue
+        seen.add(float_tensor)
+        nodes, initializers = found
+        rename = dict(mapping)
+        for name in initializers:
+            rename[name] = name + REFERENCE_TAG
+            if name not in copied:
+                copied.add(name)
+                graph.initializer.append(_renamed(float_graph.initializers[name], rename[name]))
+        for node in nodes:
+            clone = onnx.NodeProto()
+            clone.CopyFrom(node)
+            clone.name = f"{node.name}{REFERENCE_TAG}{len(probes)}"
+            for field in (clone.input, clone.output):
+                for position, name in enumerate(field):
+                    if name:
+                        field[position] = rename.setdefault(name, f"{name}{REFERENCE_TAG}{len(probes)}")
+            graph.node.append(clone)
+        probe = _Probe(float_tensor, producer.name, producer.op_type, quantized, rename[float_tensor], scale)
+        for name in (probe.quantized_output, probe.reference_output):
+            if name not in outputs:
+                outputs.add(name)
+                graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+        probes.append(probe)
+    return probes, model
+
+
+def _renamed(tensor, name: str):
+    import onnx
+
+    copy = onnx.TensorProto()
+    copy.CopyFrom(tensor)
+    copy.name = name
+    return copy
+
+
+def _check_inputs(inputs, shape: list, source) -> np.ndarray:
+    if not isinstance(inputs, np.ndarray) or inputs.ndim != 4 or len(inputs) == 0:
+        raise EdgeError(f"quantization error report needs a non-empty N x H x W x C float array; "
+                        f"received shape {getattr(inputs, 'shape', None)}")
+    if list(inputs.shape[1:]) != list(shape[1:]):
+        raise EdgeError(f"{source}: images are {list(inputs.shape[1:])} but the model takes {shape[1:]}")
+    if len(inputs) % shape[0]:
+        raise EdgeError(f"{len(inputs)} images is not a multiple of the model's batch {shape[0]}")
+    inputs = np.ascontiguousarray(inputs, dtype=np.float32)
+    if not np.all(np.isfinite(inputs)):
+        raise EdgeError("quantization error report: the images contain NaN or infinite values")
+    return inputs
+
+
+def _measure(model, probes: list[_Probe], inputs: np.ndarray, source) -> dict[str, dict]:
+    """Squared error, squared signal, count and max |error| per probe over ``inputs``."""
+    session = make_session_bytes(model.SerializeToString(), source=source)
+    feed = session.get_inputs()[0]
+    inputs = _check_inputs(inputs, feed.shape, source)
+    names = [name for probe in probes for name in (probe.quantized_output, probe.reference_output)]
+    totals = {p.tensor: {"error_sq": 0.0, "signal_sq": 0.0, "count": 0, "max_abs": 0.0} for p in probes}
+    batch = feed.shape[0]
+    for start in range(0, len(inputs), batch):
+        try:
+            values = session.run(names, {feed.name: inputs[start:start + batch]})
+        except Exception as error:  # ORT's own exception types
+            raise EdgeError(f"{source}: running the error probes failed: {_first_line(error)}") from None
+        for index, probe in enumerate(probes):
+            quantized = values[2 * index].astype(np.float64)
+            reference = values[2 * index + 1].astype(np.float64)
+            if quantized.shape != reference.shape:
+                raise EdgeError(f"{source}: tensor {probe.tensor} has shape {quantized.shape} in the QDQ "
+                                f"model but {reference.shape} in the float model")
+            error = quantized - reference
+            total = totals[probe.tensor]
+            total["error_sq"] += float(np.sum(error * error))
+            total["signal_sq"] += float(np.sum(reference * reference))
+            total["count"] += error.size
+            total["max_abs"] = max(total["max_abs"], float(np.max(np.abs(error), initial=0.0)))
+    return totals
+
+
+def make_session_bytes(model_bytes: bytes, threads: int = 1, source="ONNX model"):
+    """An ONNX Runtime CPU session on a serialized model, set up like ``onnx_convert.make_session``."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    if threads > 1:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        return ort.InferenceSession(model_bytes, sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # ORT raises its own Fail/InvalidGraph/... types
+        raise EdgeError(f"{source}: ONNX Runtime can't load it: {_first_line(error)}") from None
+
+
+def run_onnx_bytes(model_bytes: bytes, inputs: np.ndarray, threads: int = 1) -> np.ndarray:
+    """``run_onnx`` on a serialized model (``run_onnx`` itself takes a path or a session)."""
+    return run_onnx(make_session_bytes(model_bytes, threads), inputs)
+
+
+def onnx_top1(model_bytes: bytes, inputs: np.ndarray, labels: np.ndarray, offset: int = 0) -> float:
+    """Top-1 accuracy of a serialized ONNX model (``offset``: 1 when output 0 is a background class)."""
+    outputs = run_onnx_bytes(model_bytes, inputs)
+    return float(np.mean(np.argmax(outputs.reshape(len(inputs), -1), axis=1) - offset == labels))
+
+
+class OnnxSelectiveQuantizer:
+    """QDQ int8 models of one float ONNX model with any set of nodes left in float.
+
+    Each call re-runs ``quantize_onnx`` (pre-processing, calibration, quantization: its API takes a
+    path, so nothing is cached between calls) and returns the model's bytes; ``facts`` holds the last
+    call's manifest facts.
+    """
+
+    def __init__(self, float_path: str | Path, calibration_inputs: np.ndarray,
+                 options: OnnxQuantOptions | None = None, workdir: str | Path | None = None):
+        self.float_path = Path(float_path)
+        self.node_names = {node.name for node in load_onnx(self.float_path).graph.node}
+        self.calibration_inputs = calibration_inputs
+        self.options = options or OnnxQuantOptions()
+        self.workdir = Path(workdir) if workdir is not None else None
+        self.facts: dict | None = None
+
+    def quantize(self, nodes: Iterable[str] = ()) -> bytes:
+        import tempfile
+
+        nodes = tuple(dict.fromkeys((*self.options.nodes_to_exclude, *nodes)))
+        unknown = [name for name in nodes if name not in self.node_names]
+        if unknown:
+            raise EdgeError(f"{self.float_path}: no node named {unknown[0]!r} to keep in float")
+        options = replace(self.options, nodes_to_exclude=nodes)
+        with tempfile.TemporaryDirectory(prefix="edge-onnx-selective-", dir=self.workdir) as folder:
+            target = Path(folder) / "candidate.onnx"
+            self.facts = quantize_onnx(self.float_path, target, self.calibration_inputs, options)
+            return target.read_bytes()
