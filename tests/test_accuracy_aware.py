@@ -91,3 +91,55 @@ def test_search_reports_the_best_when_the_target_cannot_be_met():
     found = search(_ScriptedQuantizer(None), ranking, lambda k: [0.5, 0.6, 0.9, 0.95][k], 0.9,
                    AccuracyTarget("0pt", points=0.0))
     assert found["met"] and found["chosen"] == 2
+
+
+def test_onnx_target_keeps_convolutions_out_of_qdq(trained, tmp_path):
+    """ONNX Runtime: the same ranking, applied through quantize_static's nodes_to_exclude."""
+    import onnx
+
+    _cli("quantize", "--quiet", "--model", trained, "--formats", "onnx-int8", "--count", 64,
+         "--target-accuracy", "0pt", "--output", tmp_path)
+    entry = json.loads((tmp_path / "manifest.json").read_text())["artifacts"][0]
+    record = entry["recipe"]["accuracy_aware"]
+    assert record["applied"] and record["met"] and record["top1"] >= record["float_top1"]
+    assert entry["recipe"]["nodes_to_exclude"] == record["float_nodes"]
+    graph = onnx.load(str(tmp_path / entry["file"])).graph
+    producers = {out: node.op_type for node in graph.node for out in node.output}
+    for name in record["float_nodes"]:
+        node = next(n for n in graph.node if n.name == name)
+        assert producers.get(node.input[1]) != "DequantizeLinear", f"{name} weights still quantized"
+
+
+def test_keras_layers_map_to_onnx_nodes_by_position(tmp_path):
+    from edge_mobilenet.convert.onnx_convert import convert_onnx
+    from edge_mobilenet.convert.onnx_selective import layer_to_node
+    from edge_mobilenet.models import build_model
+
+    model = build_model("mobilenet_v3_small", alpha=0.5, size=32, classes=10)
+    convert_onnx(model, tmp_path / "m.onnx")
+    mapping = layer_to_node(model, tmp_path / "m.onnx")
+    assert len(mapping) == sum(type(l).__name__ in ("Conv2D", "DepthwiseConv2D") for l in model.layers)
+    assert "depthwise" in mapping["expanded_conv_depthwise"]
+    other = build_model("mobilenet_v1", alpha=0.25, size=32, classes=10)
+    with pytest.raises(EdgeError, match="cannot tell which node is which layer"):
+        layer_to_node(other, tmp_path / "m.onnx")
+
+
+def test_excluded_node_stays_float_and_others_are_quantized(tmp_path):
+    import numpy as np
+    import onnx
+
+    from edge_mobilenet.convert.onnx_convert import OnnxQuantOptions, convert_onnx
+    from edge_mobilenet.convert.onnx_selective import OnnxSelectiveQuantizer, layer_to_node
+    from edge_mobilenet.models import build_model
+
+    model = build_model("mobilenet_v1", alpha=0.25, size=32, classes=10)
+    convert_onnx(model, tmp_path / "m.onnx")
+    node = layer_to_node(model, tmp_path / "m.onnx")["conv_pw_3"]
+    calibration = np.random.default_rng(0).uniform(-1, 1, (8, 32, 32, 3)).astype(np.float32)
+    quantized = OnnxSelectiveQuantizer(tmp_path / "m.onnx", calibration, OnnxQuantOptions()).quantize([node])
+    graph = onnx.load_from_string(quantized).graph
+    producers = {out: n.op_type for n in graph.node for out in n.output}
+    convs = {n.name: producers.get(n.input[1]) for n in graph.node if n.op_type == "Conv"}
+    assert convs[node] != "DequantizeLinear"
+    assert sum(p == "DequantizeLinear" for p in convs.values()) == len(convs) - 1

@@ -69,19 +69,21 @@ def onnx_layer_errors(float_path: str | Path, qdq_path: str | Path, inputs: np.n
     """Per-layer error of each quantized activation of ``qdq_path``, worst (highest rmse/scale) first.
 
     Args:
-        float_path: the float ONNX model the QDQ model was quantized from.
+        float_path: the float ONNX model the QDQ model was quantized from (``quantize_onnx``
+            pre-processes it first; the report does the same to find the tensors it quantized).
         qdq_path: the QDQ int8 model.
         inputs: preprocessed float32 images (N x H x W x 3), a multiple of the model's batch.
         layer_names: Keras layer names, to name each row's ``layer``; without them the layer is read
             from tf2onnx's tensor path (``model/conv_pw_3_relu_1/Relu6:0`` -> ``conv_pw_3_relu``).
     """
-    float_graph, qdq_graph = _Graph(load_onnx(float_path)), _Graph(load_onnx(qdq_path))
+    qdq_graph = _Graph(load_onnx(qdq_path))
     float_spec, qdq_spec = onnx_io_spec(float_path), onnx_io_spec(qdq_path)
     if float_spec["input"]["shape"] != qdq_spec["input"]["shape"]:
         raise EdgeError(f"{qdq_path}: input {qdq_spec['input']['shape']} does not match the float model "
                         f"{float_path} ({float_spec['input']['shape']})")
-    _check_weights(float_graph, qdq_graph, float_path, qdq_path)
-    probes, augmented = _augment(float_graph, qdq_graph)
+    float_graphs = [_Graph(prepare_float(float_path)), _Graph(load_onnx(float_path))]
+    _check_weights(float_graphs, qdq_graph, float_path, qdq_path)
+    probes, augmented = _augment(float_graphs, qdq_graph)
     if not probes:
         raise EdgeError(f"{qdq_path}: no quantized activation matches a tensor of {float_path}; is it a "
                         "QDQ model quantized from that float model?")
@@ -89,6 +91,23 @@ def onnx_layer_errors(float_path: str | Path, qdq_path: str | Path, inputs: np.n
     layer_names = set(layer_names)
     rows = [_row(probe, totals[probe.tensor], layer_names) for probe in probes]
     return sorted(rows, key=lambda r: (-r.rmse_over_scale, r.node))
+
+
+def prepare_float(float_path: str | Path):
+    """The float model as ``quantize_onnx`` quantizes it: after ``quant_pre_process`` (shape
+    inference, BatchNorm/Mul folding, Transpose removal: tensors may be renamed)."""
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(prefix="edge-onnx-debug-") as folder:
+        prepared = Path(folder) / "prepared.onnx"
+        try:
+            quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
+            return onnx.load(str(prepared))
+        except Exception as error:  # ORT's optimizer raises many types
+            raise EdgeError(f"{float_path}: ONNX Runtime pre-processing failed: {_first_line(error)}") from None
 
 
 def _row(probe: _Probe, total: dict, layer_names: set[str]) -> LayerError:
@@ -112,19 +131,20 @@ def keras_layer(probe: _Probe, layer_names: set[str]) -> str:
                     return candidate
     for name in names:
         parts = re.sub(r"(:\d+)?(__[tn]\d+)?$", "", name).split("/")
-        if len(parts) >= 3:
-            return re.sub(r"_\d+$", "", parts[-2])
+        if len(parts) >= 3:  # model/layer/op
+            return re.sub(r"_\d+$", "", parts[1])
     return probe.node
 
 
-def _check_weights(float_graph: _Graph, qdq_graph: _Graph, float_path, qdq_path) -> None:
+def _check_weights(float_graphs: list[_Graph], qdq_graph: _Graph, float_path, qdq_path) -> None:
     """Every quantized constant found in the float model must round to its int8 value."""
     for node in qdq_graph.model.graph.node:
         source = node.input[0] if node.op_type == "DequantizeLinear" else ""
         if source not in qdq_graph.initializers or not source.endswith("_quantized"):
             continue
         float_name = source[:-len("_quantized")]
-        if float_name not in float_graph.initializers:
+        float_graph = next((g for g in float_graphs if float_name in g.initializers), None)
+        if float_graph is None:
             continue
         weights = float_graph.array(float_name).astype(np.float64)
         scale = _per_axis(qdq_graph.array(node.input[1]), node, weights.ndim)
@@ -208,44 +228,49 @@ def _reference_nodes(float_graph: _Graph, tensor: str, mapping: dict[str, str]):
     return sorted(nodes.values(), key=lambda n: float_graph.order[id(n)]), initializers
 
 
-def _augment(float_graph: _Graph, qdq_graph: _Graph):
-    """A copy of the QDQ model that also outputs each activation's int8 value and float reference."""
+def _augment(float_graphs: list[_Graph], qdq_graph: _Graph):
+    """A copy of the QDQ model that also outputs each activation's int8 value and float reference.
+
+    Each tensor's reference is sought in the first of ``float_graphs`` that computes it.
+    """
     import onnx
 
     model = onnx.ModelProto()
     model.CopyFrom(qdq_graph.model)
-    graph, probes, copied, seen = model.graph, [], set(), set()
+    graph, probes, copied = model.graph, {}, set()
     outputs = {v.name for v in graph.output}
     for tensor, producer, quantized, scale in _quantized_activations(qdq_graph):
         float_tensor = _float_name(tensor)
         mapping = _input_mapping(producer, qdq_graph)
-        found = _reference_nodes(float_graph, float_tensor, mapping) if float_tensor not in seen else None
-        if found is None or producer.op_type not in {n.op_type for n in found[0]}:
+        for index, float_graph in enumerate(float_graphs):
+            found = None if float_tensor in probes else _reference_nodes(float_graph, float_tensor, mapping)
+            if found is not None and producer.op_type in {n.op_type for n in found[0]}:
+                break
+        else:
             continue
-        seen.add(float_tensor)
-        nodes, initializers = found
+        tag = f"{REFERENCE_TAG}{len(probes)}"
         rename = dict(mapping)
-        for name in initializers:
-            rename[name] = name + REFERENCE_TAG
-            if name not in copied:
-                copied.add(name)
+        for name in found[1]:
+            rename[name] = f"{name}{REFERENCE_TAG}_g{index}"
+            if rename[name] not in copied:
+                copied.add(rename[name])
                 graph.initializer.append(_renamed(float_graph.initializers[name], rename[name]))
-        for node in nodes:
+        for node in found[0]:
             clone = onnx.NodeProto()
             clone.CopyFrom(node)
-            clone.name = f"{node.name}{REFERENCE_TAG}{len(probes)}"
+            clone.name = f"{node.name}{tag}"
             for field in (clone.input, clone.output):
                 for position, name in enumerate(field):
                     if name:
-                        field[position] = rename.setdefault(name, f"{name}{REFERENCE_TAG}{len(probes)}")
+                        field[position] = rename.setdefault(name, f"{name}{tag}")
             graph.node.append(clone)
         probe = _Probe(float_tensor, producer.name, producer.op_type, quantized, rename[float_tensor], scale)
         for name in (probe.quantized_output, probe.reference_output):
             if name not in outputs:
                 outputs.add(name)
                 graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-        probes.append(probe)
-    return probes, model
+        probes[float_tensor] = probe
+    return list(probes.values()), model
 
 
 def _renamed(tensor, name: str):
@@ -337,7 +362,8 @@ class OnnxSelectiveQuantizer:
     def __init__(self, float_path: str | Path, calibration_inputs: np.ndarray,
                  options: OnnxQuantOptions | None = None, workdir: str | Path | None = None):
         self.float_path = Path(float_path)
-        self.node_names = {node.name for node in load_onnx(self.float_path).graph.node}
+        self.node_names = {node.name for model in (load_onnx(self.float_path), prepare_float(self.float_path))
+                           for node in model.graph.node}
         self.calibration_inputs = calibration_inputs
         self.options = options or OnnxQuantOptions()
         self.workdir = Path(workdir) if workdir is not None else None

@@ -109,6 +109,16 @@ class FloatModel:
 
         return self._export(fmt, "onnx", lambda m, folder: convert_onnx(m, folder / "float.onnx")) / "float.onnx"
 
+    def layer_ranking(self, calibration: np.ndarray) -> list:
+        """Per-layer int8 error of the int8 graph, worst first (computed once, shared by runtimes)."""
+        from edge_mobilenet.convert.quant_debug import layer_errors
+
+        if getattr(self, "_ranking", None) is None:
+            int8 = FORMATS["int8"]
+            self._ranking = layer_errors(self.saved_model_dir(int8), calibration, calibration[:32],
+                                         {l.name for l in self.model_for(int8).layers})
+        return self._ranking
+
     def close(self) -> None:
         for folder in (self._exports or {}).values():
             folder.cleanup()
@@ -220,10 +230,29 @@ def _onnx_facts(path: Path, evaluation: EvalSet | None, float_model: FloatModel)
     return facts
 
 
-def _build_accuracy_aware(float_model: FloatModel, calibration: np.ndarray, settings: QuantizeSettings,
-                          evaluation: EvalSet | None, target: Path) -> dict:
+def _selective_strategy(float_model: FloatModel, fmt: Format, calibration: np.ndarray,
+                        settings: QuantizeSettings, evaluation: EvalSet, ranking: list):
+    """(quantizer, candidates in order, score, latency) for the runtime of ``fmt``."""
+    from edge_mobilenet.convert import accuracy_aware, onnx_selective
+
+    labelled = (evaluation.inputs, evaluation.labels, evaluation.label_offset)
+    if fmt.runtime == "tflite":
+        from edge_mobilenet.convert.quant_debug import SelectiveQuantizer
+
+        quantizer = SelectiveQuantizer(float_model.saved_model_dir(fmt), calibration, settings.io)
+        return (quantizer, ranking, lambda model: accuracy_aware.top1(model, *labelled),
+                accuracy_aware.latency_ms_p50)
+    float_path = float_model.float_onnx(fmt)
+    candidates = onnx_selective.onnx_ranking(ranking, float_model.model_for(fmt), float_path)
+    quantizer = onnx_selective.OnnxSelectiveQuantizer(float_path, calibration, _onnx_options(settings))
+    return (quantizer, candidates, lambda model: onnx_selective.onnx_top1(model, *labelled),
+            onnx_selective.onnx_latency_ms_p50)
+
+
+def _build_accuracy_aware(float_model: FloatModel, fmt: Format, calibration: np.ndarray,
+                          settings: QuantizeSettings, evaluation: EvalSet | None, target: Path) -> dict:
+    """Keep the fewest sensitive layers in float until top-1 meets --target-accuracy (TFLite or ONNX)."""
     from edge_mobilenet.convert import accuracy_aware
-    from edge_mobilenet.convert.quant_debug import SelectiveQuantizer, layer_errors
 
     goal = accuracy_aware.parse_target(settings.target_accuracy)
     if evaluation is None or evaluation.labels is None:
@@ -232,30 +261,32 @@ def _build_accuracy_aware(float_model: FloatModel, calibration: np.ndarray, sett
     if not float_model.trained_weights:
         raise EdgeError(f"{float_model.path}: random weights have no accuracy to keep; train it first")
     started = time.perf_counter()
-    exported = float_model.saved_model_dir(FORMATS["int8"])
-    quantizer = SelectiveQuantizer(exported, calibration, settings.io)
-    ranking = layer_errors(exported, calibration, calibration[:32],
-                           {l.name for l in float_model.model_for(FORMATS["int8"]).layers})
+    ranking = float_model.layer_ranking(calibration)
+    quantizer, candidates, score, latency = _selective_strategy(float_model, fmt, calibration, settings,
+                                                                evaluation, ranking)
     float_top1 = float(np.mean(_top1(evaluation.float_outputs) - evaluation.label_offset == evaluation.labels))
-    def score(model: bytes) -> float:
-        return accuracy_aware.top1(model, evaluation.inputs, evaluation.labels, evaluation.label_offset)
-
-    found = accuracy_aware.search(quantizer, ranking, score, float_top1, goal, log=_log)
+    _log(f"  {fmt.name}: accuracy-aware search, target {goal.text} of float top-1 {float_top1:.4f}")
+    found = accuracy_aware.search(quantizer, candidates, score, float_top1, goal, log=_log)
     write_bytes_atomic(target, found["model"])
     full_int8 = quantizer.quantize([])
-    record = {"target": goal.text, "met": found["met"], "threshold_top1": round(found["threshold"], 4),
-              "float_top1": round(float_top1, 4), "full_int8_top1": found["steps"][0]["top1"],
-              "top1": round(found["top1"], 4),
-              "float_layers": [r.layer for r in ranking[:found["chosen"]]],
-              "float_nodes": [r.node for r in ranking[:found["chosen"]]],
-              "steps": found["steps"],
-              "latency_ms_p50_local": {"full_int8": round(accuracy_aware.latency_ms_p50(full_int8), 3),
-                                       "selective": round(accuracy_aware.latency_ms_p50(found["model"]), 3)},
+    record = {"target": goal.text, "applied": True, "met": found["met"],
+              "threshold_top1": round(found["threshold"], 4), "float_top1": round(float_top1, 4),
+              "full_int8_top1": found["steps"][0]["top1"], "top1": round(found["top1"], 4),
+              "float_layers": [r.layer for r in candidates[:found["chosen"]]],
+              "float_nodes": [r.node for r in candidates[:found["chosen"]]], "steps": found["steps"],
+              "latency_ms_p50_local": {"full_int8": round(latency(full_int8), 3),
+                                       "selective": round(latency(found["model"]), 3)},
               "search_seconds": round(time.perf_counter() - started, 1)}
     if not found["met"]:
         raise TargetNotMet(record)
-    return {"convert_seconds": record["search_seconds"],
-            "recipe": {"io": settings.io, "accuracy_aware": record}}
+    return {"convert_seconds": record["search_seconds"], "accuracy_aware": record}
+
+
+def _onnx_options(settings: QuantizeSettings):
+    from edge_mobilenet.convert.onnx_convert import OnnxQuantOptions
+
+    return OnnxQuantOptions(activation_type=settings.onnx_activation_type,
+                            method=settings.onnx_calibration_method)
 
 
 class TargetNotMet(EdgeError):
@@ -279,7 +310,9 @@ def _build_tflite(float_model: FloatModel, fmt: Format, calibration: np.ndarray 
     from edge_mobilenet.convert.tflite import TFLiteOptions, convert_tflite
 
     if fmt.name == "int8" and settings.target_accuracy:
-        return _build_accuracy_aware(float_model, calibration, settings, evaluation, target)
+        built = _build_accuracy_aware(float_model, fmt, calibration, settings, evaluation, target)
+        return {"convert_seconds": built["convert_seconds"],
+                "recipe": {"io": settings.io, "accuracy_aware": built["accuracy_aware"]}}
 
     flatbuffer, seconds = convert_tflite(float_model.saved_model_dir(fmt), fmt.name, calibration,
                                          TFLiteOptions(io=settings.io))
@@ -289,23 +322,21 @@ def _build_tflite(float_model: FloatModel, fmt: Format, calibration: np.ndarray 
 
 
 def _build_onnx(float_model: FloatModel, fmt: Format, calibration: np.ndarray | None,
-                settings: QuantizeSettings, target: Path) -> dict:
+                settings: QuantizeSettings, target: Path, evaluation: EvalSet | None = None) -> dict:
     from edge_mobilenet.convert import onnx_convert
 
     started = time.perf_counter()
     if fmt.name == "onnx":
         facts = onnx_convert.convert_onnx(float_model.model, target)
         return {"convert_seconds": round(time.perf_counter() - started, 2), "recipe": {}, "onnx": facts}
-    float_path = float_model.float_onnx(fmt)
-    options = onnx_convert.OnnxQuantOptions(activation_type=settings.onnx_activation_type,
-                                            method=settings.onnx_calibration_method)
-    facts = onnx_convert.quantize_onnx(float_path, target, calibration, options)
-    recipe = asdict(options)
+    options = _onnx_options(settings)
     if settings.target_accuracy:
-        reason = "not implemented for ONNX yet: plain QDQ int8 (see its validation top-1)"
-        recipe["accuracy_aware"] = {"target": settings.target_accuracy, "applied": False, "reason": reason}
-        _log(f"  onnx-int8: --target-accuracy {settings.target_accuracy} {reason}")
-    return {"convert_seconds": round(time.perf_counter() - started, 2), "recipe": recipe, "onnx": facts}
+        built = _build_accuracy_aware(float_model, fmt, calibration, settings, evaluation, target)
+        record = built["accuracy_aware"]
+        return {"convert_seconds": built["convert_seconds"],
+                "recipe": {**asdict(options), "nodes_to_exclude": record["float_nodes"], "accuracy_aware": record}}
+    facts = onnx_convert.quantize_onnx(float_model.float_onnx(fmt), target, calibration, options)
+    return {"convert_seconds": round(time.perf_counter() - started, 2), "recipe": asdict(options), "onnx": facts}
 
 
 def build_artifact(float_model: FloatModel, fmt: Format, settings: QuantizeSettings,
@@ -325,7 +356,13 @@ def build_artifact(float_model: FloatModel, fmt: Format, settings: QuantizeSetti
             raise
         facts = _tflite_facts(target, evaluation, float_model)
     else:
-        built = _build_onnx(float_model, fmt, calibration, settings, target)
+        try:
+            built = _build_onnx(float_model, fmt, calibration, settings, target, evaluation)
+        except TargetNotMet as missed:
+            built = {"recipe": {**asdict(_onnx_options(settings)), "accuracy_aware": missed.record}}
+            _record(float_model, fmt, target, calibration_set, None, built,
+                    _onnx_facts(target, evaluation, float_model), manifest)
+            raise
         facts = _onnx_facts(target, evaluation, float_model)
     return _record(float_model, fmt, target, calibration_set, key, built, facts, manifest)
 

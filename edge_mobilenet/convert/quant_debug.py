@@ -85,7 +85,11 @@ def layer_errors(saved_model_dir: str, calibration: np.ndarray, debug_inputs: np
         debug_dataset=_representative(debug_inputs),
         debug_options=tf.lite.experimental.QuantizationDebugOptions(
             layer_direct_compare_metrics={"snr_db": _snr_db}))
-    debugger.run()
+    import warnings
+
+    with warnings.catch_warnings():  # the debugger runs TF's own (deprecated) interpreter internally
+        warnings.simplefilter("ignore")
+        debugger.run()
     import csv
     import io
 
