@@ -39,6 +39,7 @@ def row(label: str, plain: dict, aware: dict, target: str) -> list[str]:
     fp32, int8, aa = plain["fp32"]["validation"], plain["int8"]["validation"], aware["int8"]
     record = aa.get("recipe", {}).get("accuracy_aware", {})
     onnx, onnx_int8 = plain["onnx"]["validation"], plain["onnx-int8"]["validation"]
+    onnx_aware = aware["onnx-int8"].get("recipe", {}).get("accuracy_aware", {})
     share = lambda v, f: f"{v:.4f} ({100 * v / f:.1f}%)" if f else "n/a"
     latency = record.get("latency_ms_p50_local", {})
     return [label, f"{fp32['float_top1']:.4f}", share(int8["top1"], fp32["float_top1"]),
@@ -46,7 +47,9 @@ def row(label: str, plain: dict, aware: dict, target: str) -> list[str]:
             str(len(record.get("float_layers", []))) + (" (" + ", ".join(record["float_layers"][:4]) + ")"
                                                          if record.get("float_layers") else ""),
             f"{latency.get('full_int8', float('nan')):.2f} / {latency.get('selective', float('nan')):.2f}",
-            f"{onnx['top1']:.4f}", share(onnx_int8["top1"], onnx["top1"])]
+            f"{onnx['top1']:.4f}", share(onnx_int8["top1"], onnx["top1"]),
+            share(onnx_aware.get("top1", float("nan")), onnx["top1"])
+            + f" [{len(onnx_aware.get('float_layers', []))} float: {', '.join(onnx_aware.get('float_layers', [])[:3])}]"]
 
 
 def main() -> None:
@@ -75,7 +78,7 @@ def main() -> None:
         rows.append(row(label, plain, aware, target))
     headers = ["model", "float top-1", "plain int8 top-1 (of float)", "accuracy-aware int8 top-1",
                "target", "layers kept float", "p50 ms full/selective (local)", "ONNX fp32 top-1",
-               "ONNX int8 top-1 (of float)"]
+               "ONNX int8 top-1 (of float)", "ONNX accuracy-aware int8 top-1 [layers kept float]"]
     lines = ["# Accuracy-aware int8", "", f"`{' '.join(sys.argv)}`; TFLite via LiteRT 2.3, ONNX via ONNX "
              "Runtime (U8S8 QDQ, per-channel, MinMax). ImageNet rows: calibrated on 200 images of "
              "imagenet-sample, evaluated on the other 800.", "",

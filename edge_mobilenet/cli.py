@@ -214,8 +214,8 @@ def quant_report(artifact, float_path, calibration, count, seed, debug_count, ou
     artifact = Path(artifact)
     if not artifact.is_file():
         raise EdgeError(f"{artifact}: artifact does not exist")
-    if artifact.suffix != ".tflite":
-        raise EdgeError(f"{artifact}: quant-report reads TFLite int8 artifacts (.tflite)")
+    if artifact.suffix not in (".tflite", ".onnx"):
+        raise EdgeError(f"{artifact}: quant-report reads int8 .tflite or QDQ .onnx artifacts")
     recorded_entry = qr.manifest_entry(artifact) or {}
     recorded = recorded_entry.get("calibration") or {}
     recorded_rewrite = (recorded_entry.get("hard_swish_rewrite") or {"enabled": True}).get("enabled", True)
@@ -227,9 +227,15 @@ def quant_report(artifact, float_path, calibration, count, seed, debug_count, ou
     images = load_calibration(source, float_model.size, float_model.preprocessing)
     inputs = images.inputs(float_model.preprocessing)
     float_model.apply_hard_swish_rewrite(recorded_rewrite, inputs[:8])  # as the artifact was made
-    int8 = FORMATS["int8"]
+    int8 = FORMATS["int8" if artifact.suffix == ".tflite" else "onnx-int8"]
     layers = [l.name for l in float_model.model_for(int8).layers]
-    rows = layer_errors(float_model.saved_model_dir(int8), inputs, inputs[:debug_count], set(layers))
+    if artifact.suffix == ".tflite":
+        rows = layer_errors(float_model.saved_model_dir(int8), inputs, inputs[:debug_count], set(layers))
+    else:
+        from edge_mobilenet.convert.onnx_debug import onnx_layer_errors
+
+        rows = onnx_layer_errors(float_model.float_onnx(int8), artifact, inputs[:debug_count],
+                                 layer_names=layers)
     float_model.close()
     model_order = sorted(rows, key=lambda r: layers.index(r.layer) if r.layer in layers else len(layers))
     report = qr.write_report(rows, model_order, artifact, Path(output),

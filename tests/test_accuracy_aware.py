@@ -143,3 +143,14 @@ def test_excluded_node_stays_float_and_others_are_quantized(tmp_path):
     convs = {n.name: producers.get(n.input[1]) for n in graph.node if n.op_type == "Conv"}
     assert convs[node] != "DequantizeLinear"
     assert sum(p == "DequantizeLinear" for p in convs.values()) == len(convs) - 1
+
+
+def test_quant_report_on_an_onnx_int8_artifact(trained, tmp_path):
+    _cli("quantize", "--quiet", "--model", trained, "--formats", "onnx-int8", "--count", 32, "--output", tmp_path)
+    result = _cli("quant-report", tmp_path / "mobilenet_v1_0.25_32.int8.onnx", "--float", trained,
+                  "--output", tmp_path / "qr", "--json")
+    report = json.loads(result.stdout)
+    values = [l["rmse_over_scale"] for l in report["layers"]]
+    assert values == sorted(values, reverse=True) and len(values) >= 20
+    assert 0.15 < float(np.median(values)) < 0.6
+    assert Path(report["files"][1]).read_bytes()[:4] == b"\x89PNG"

@@ -46,6 +46,7 @@ class _Probe:
     quantized_output: str  # DequantizeLinear output: the value consumers read
     reference_output: str
     scale: float
+    names: tuple[str, ...] = ()  # tensor, weight and node names: where tf2onnx left the Keras layer path
 
 
 class _Graph:
@@ -56,7 +57,6 @@ class _Graph:
         self.initializers = {t.name: t for t in model.graph.initializer}
         self.producers = {out: node for node in model.graph.node for out in node.output if out}
         self.order = {id(node): index for index, node in enumerate(model.graph.node)}
-        self.graph_inputs = {v.name for v in model.graph.input}
 
     def array(self, name: str) -> np.ndarray:
         from onnx import numpy_helper
@@ -122,8 +122,8 @@ def _row(probe: _Probe, total: dict, layer_names: set[str]) -> LayerError:
 
 
 def keras_layer(probe: _Probe, layer_names: set[str]) -> str:
-    """The Keras layer named in the tensor's or node's tf2onnx path, else the node name."""
-    names = (probe.tensor, probe.node)
+    """The Keras layer named in the tf2onnx path of the tensor, the node or its weights, else the node."""
+    names = probe.names or (probe.tensor, probe.node)
     for name in names:
         for part in re.split(r"[;/]", name):
             for candidate in (part, re.sub(r"_\d+$", "", part)):
@@ -264,7 +264,9 @@ def _augment(float_graphs: list[_Graph], qdq_graph: _Graph):
                     if name:
                         field[position] = rename.setdefault(name, f"{name}{tag}")
             graph.node.append(clone)
-        probe = _Probe(float_tensor, producer.name, producer.op_type, quantized, rename[float_tensor], scale)
+        probe = _Probe(float_tensor, producer.name, producer.op_type, quantized, rename[float_tensor], scale,
+                       (float_tensor, *(i for i in producer.input if i and i not in mapping.values()),
+                        producer.name))
         for name in (probe.quantized_output, probe.reference_output):
             if name not in outputs:
                 outputs.add(name)
@@ -282,14 +284,14 @@ def _renamed(tensor, name: str):
     return copy
 
 
-def _check_inputs(inputs, shape: list, source) -> np.ndarray:
+def _check_inputs(inputs, shape: list, batch: int, source) -> np.ndarray:
     if not isinstance(inputs, np.ndarray) or inputs.ndim != 4 or len(inputs) == 0:
         raise EdgeError(f"quantization error report needs a non-empty N x H x W x C float array; "
                         f"received shape {getattr(inputs, 'shape', None)}")
     if list(inputs.shape[1:]) != list(shape[1:]):
         raise EdgeError(f"{source}: images are {list(inputs.shape[1:])} but the model takes {shape[1:]}")
-    if len(inputs) % shape[0]:
-        raise EdgeError(f"{len(inputs)} images is not a multiple of the model's batch {shape[0]}")
+    if len(inputs) % batch:
+        raise EdgeError(f"{len(inputs)} images is not a multiple of the model's batch {batch}")
     inputs = np.ascontiguousarray(inputs, dtype=np.float32)
     if not np.all(np.isfinite(inputs)):
         raise EdgeError("quantization error report: the images contain NaN or infinite values")
@@ -300,10 +302,10 @@ def _measure(model, probes: list[_Probe], inputs: np.ndarray, source) -> dict[st
     """Squared error, squared signal, count and max |error| per probe over ``inputs``."""
     session = make_session_bytes(model.SerializeToString(), source=source)
     feed = session.get_inputs()[0]
-    inputs = _check_inputs(inputs, feed.shape, source)
+    batch = feed.shape[0] if isinstance(feed.shape[0], int) else 1
+    inputs = _check_inputs(inputs, feed.shape, batch, source)
     names = [name for probe in probes for name in (probe.quantized_output, probe.reference_output)]
     totals = {p.tensor: {"error_sq": 0.0, "signal_sq": 0.0, "count": 0, "max_abs": 0.0} for p in probes}
-    batch = feed.shape[0]
     for start in range(0, len(inputs), batch):
         try:
             values = session.run(names, {feed.name: inputs[start:start + batch]})

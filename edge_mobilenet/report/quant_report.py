@@ -14,9 +14,15 @@ WORTH_KEEPING_FLOAT = 0.7
 
 def check_artifact_matches(artifact: Path, float_model) -> None:
     """The artifact must take the float model's input and give its number of outputs."""
-    from edge_mobilenet.convert.tflite import io_spec, make_interpreter
+    if artifact.suffix == ".onnx":
+        from edge_mobilenet.convert.onnx_convert import onnx_io_spec
 
-    in_spec, out_spec = io_spec(make_interpreter(artifact))
+        spec = onnx_io_spec(artifact)
+        in_spec, out_spec = spec["input"], spec["output"]
+    else:
+        from edge_mobilenet.convert.tflite import io_spec, make_interpreter
+
+        in_spec, out_spec = io_spec(make_interpreter(artifact))
     model_in = [int(d) for d in float_model.input.shape[1:]]
     model_out = int(float_model.output.shape[-1])
     if in_spec["shape"][1:] != model_in or out_spec["shape"][-1] != model_out:
