@@ -270,8 +270,9 @@ def models():
 
 def _register_commands() -> None:
     """Commands defined beside their library code (each imports its heavy parts lazily)."""
-    from edge_mobilenet.bench.commands import bench, compare, report
+    from edge_mobilenet.bench.commands import bench
     from edge_mobilenet.convert.check_command import check
+    from edge_mobilenet.report.commands import compare, report
 
     for command in (check, bench, report, compare):
         main.add_command(command)

@@ -110,41 +110,6 @@ def test_onnx_target_keeps_convolutions_out_of_qdq(trained, tmp_path):
         assert producers.get(node.input[1]) != "DequantizeLinear", f"{name} weights still quantized"
 
 
-def test_keras_layers_map_to_onnx_nodes_by_position(tmp_path):
-    from edge_mobilenet.convert.onnx_convert import convert_onnx
-    from edge_mobilenet.convert.onnx_selective import layer_to_node
-    from edge_mobilenet.models import build_model
-
-    model = build_model("mobilenet_v3_small", alpha=0.5, size=32, classes=10)
-    convert_onnx(model, tmp_path / "m.onnx")
-    mapping = layer_to_node(model, tmp_path / "m.onnx")
-    assert len(mapping) == sum(type(l).__name__ in ("Conv2D", "DepthwiseConv2D") for l in model.layers)
-    assert "depthwise" in mapping["expanded_conv_depthwise"]
-    other = build_model("mobilenet_v1", alpha=0.25, size=32, classes=10)
-    with pytest.raises(EdgeError, match="cannot tell which node is which layer"):
-        layer_to_node(other, tmp_path / "m.onnx")
-
-
-def test_excluded_node_stays_float_and_others_are_quantized(tmp_path):
-    import numpy as np
-    import onnx
-
-    from edge_mobilenet.convert.onnx_convert import OnnxQuantOptions, convert_onnx
-    from edge_mobilenet.convert.onnx_selective import OnnxSelectiveQuantizer, layer_to_node
-    from edge_mobilenet.models import build_model
-
-    model = build_model("mobilenet_v1", alpha=0.25, size=32, classes=10)
-    convert_onnx(model, tmp_path / "m.onnx")
-    node = layer_to_node(model, tmp_path / "m.onnx")["conv_pw_3"]
-    calibration = np.random.default_rng(0).uniform(-1, 1, (8, 32, 32, 3)).astype(np.float32)
-    quantized = OnnxSelectiveQuantizer(tmp_path / "m.onnx", calibration, OnnxQuantOptions()).quantize([node])
-    graph = onnx.load_from_string(quantized).graph
-    producers = {out: n.op_type for n in graph.node for out in n.output}
-    convs = {n.name: producers.get(n.input[1]) for n in graph.node if n.op_type == "Conv"}
-    assert convs[node] != "DequantizeLinear"
-    assert sum(p == "DequantizeLinear" for p in convs.values()) == len(convs) - 1
-
-
 def test_quant_report_on_an_onnx_int8_artifact(trained, tmp_path):
     _cli("quantize", "--quiet", "--model", trained, "--formats", "onnx-int8", "--count", 32, "--output", tmp_path)
     result = _cli("quant-report", tmp_path / "mobilenet_v1_0.25_32.int8.onnx", "--float", trained,
@@ -154,3 +119,22 @@ def test_quant_report_on_an_onnx_int8_artifact(trained, tmp_path):
     assert values == sorted(values, reverse=True) and len(values) >= 20
     assert 0.15 < float(np.median(values)) < 0.6
     assert Path(report["files"][1]).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_target_needs_labelled_images_that_match_the_model(trained, tmp_path):
+    from PIL import Image
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(3):
+        Image.new("RGB", (32, 32), (i * 50, 0, 0)).save(flat / f"{i}.png")
+    result = _cli("quantize", "--quiet", "--model", trained, "--formats", "int8", "--count", 8, "--eval", flat,
+                  "--target-accuracy", "99%", "--output", tmp_path / "a", check=False)
+    assert result.returncode != 0 and "needs labelled evaluation images" in result.stderr
+    many = tmp_path / "many"
+    for i in range(12):
+        (many / f"class{i:02d}").mkdir(parents=True)
+        Image.new("RGB", (32, 32), (i * 20, 0, 0)).save(many / f"class{i:02d}" / "x.png")
+    result = _cli("quantize", "--quiet", "--model", trained, "--formats", "int8", "--count", 8, "--eval", many,
+                  "--target-accuracy", "99%", "--output", tmp_path / "b", check=False)
+    assert result.returncode != 0 and "12 classes" in result.stderr and "outputs 10" in result.stderr

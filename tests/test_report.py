@@ -1,102 +1,234 @@
-"""edge-bench report and compare on hand-built results files (the schema edge-bench bench writes)."""
+"""edge-bench report and compare on results files built by hand after the schema `edge-bench bench` writes."""
 
+from __future__ import annotations
+
+import csv
 import json
+import re
+import subprocess
+import sys
 
+import click
 import pytest
+from click.testing import CliRunner
 
+from edge_mobilenet.cli import _Group
 from edge_mobilenet.errors import EdgeError
-from edge_mobilenet.report.bench_report import compare, load_results, rows, write_report
+from edge_mobilenet.report import results as res
+from edge_mobilenet.report.commands import compare as compare_command
+from edge_mobilenet.report.commands import report as report_command
+from edge_mobilenet.report.compare import compare, parse_fail_on
+from edge_mobilenet.report.markdown import write_report
+
+MACS = 300_000_000
+SUFFIXES = {"fp32": ".fp32.tflite", "int8": ".int8.tflite", "dynamic": ".dynamic.tflite", "onnx": ".onnx",
+            "onnx-int8": ".int8.onnx"}
 
 
-def _run(fmt, runtime_kind, p50, top1=None, device="local", emulated=False, status="ok", split=False,
-         valid=True, baseline="fp32"):
-    run = {"status": status, "artifact": f"m.{fmt}.{'onnx' if runtime_kind == 'onnx' else 'tflite'}",
-           "format": fmt, "runtime_kind": runtime_kind, "baseline_format": baseline, "source_sha256": "abc",
-           "size_bytes": 2048, "macs": 300_000_000, "device_name": device, "transport": "local",
-           "device": {"machine": "aarch64", "cpu_part": "0xd08", "cores": 4, "governors": ["ondemand"],
-                      "emulated": emulated},
-           "runtime": {"name": "litert", "version": "2.3.0", "xnnpack": True, "nodes_total": 30,
-                       "nodes_delegated": 10 if split else 30, "partitions": 20 if split else 1,
-                       "ops_outside": {"HARD_SWISH": 19} if split else {}, "split": split},
-           "latency": {"p50_ms": p50, "p90_ms": p50 * 1.1},
-           "accuracy": None if top1 is None else {"top1": top1, "delta_top1_vs_float": None,
-                                                  "agreement_with_float": 1.0},
-           "settings": {"threads": 1}, "emulated": emulated, "valid": valid,
-           "warnings": ["CPU governor is ondemand, not performance: latency may vary"], "commit": {"sha": "f" * 40}}
+def _run(fmt, p50_ms, top1=None, delta=None, device="board", emulated=False, status="ok", split=False,
+         valid=True, size_bytes=2048, images=200):
+    runtime_kind = "onnx" if fmt.startswith("onnx") else "tflite"
+    run = {"timestamp_utc": "2026-11-22T10:00:00+00:00", "status": status,
+           "artifact": "mobilenet_v1_0.25_32" + SUFFIXES[fmt], "format": fmt, "runtime_kind": runtime_kind,
+           "baseline_format": "onnx" if runtime_kind == "onnx" else "fp32", "source_sha256": "abc" * 21 + "a",
+           "sha256": fmt, "size_bytes": size_bytes, "params": 200_000, "macs": MACS, "device_name": device,
+           "transport": "ssh" if device == "pi" else "local", "emulated": emulated, "valid": valid,
+           "device": {"machine": "aarch64", "cpu_implementer": "0x41", "cpu_part": "0xd08", "asimddp": False,
+                      "cores": 4, "governors": ["ondemand"], "emulated": emulated, "throttling": None},
+           "runtime": ({"name": "onnxruntime", "version": "1.31.1", "xnnpack": False} if runtime_kind == "onnx"
+                       else {"name": "litert", "version": "2.3.0", "xnnpack": True, "nodes_total": 110,
+                             "nodes_delegated": 90 if split else 110, "partitions": 20 if split else 1,
+                             "ops_outside": {"HARD_SWISH": 19} if split else {}, "split": split}),
+           "latency": {"p50_ms": p50_ms, "p90_ms": p50_ms * 1.1, "count": 100},
+           "accuracy": None if top1 is None else {"images": images, "top1": top1, "top5": 1.0,
+                                                  "delta_top1_vs_float": delta, "agreement_with_float": 0.98},
+           "settings": {"threads": 1, "eval_dir": None},
+           "warnings": ["CPU governor is ondemand, not performance: latency may vary"],
+           "commit": {"sha": "f" * 40, "dirty": False}}
+    if emulated:
+        run["warnings"].append("EMULATED device: results are real ARM results, latencies are meaningless")
     if status != "ok":
-        run["error"] = "load_failed: boom"
+        run.update(latency=None, accuracy=None, runtime=None, valid=False, error="load_failed: boom")
     return run
 
 
-@pytest.fixture
-def results(tmp_path):
-    runs = [_run("fp32", "tflite", 10.0, 0.90), _run("int8", "tflite", 4.0, 0.89),
-            _run("onnx", "onnx", 12.0, 0.90, baseline="onnx"), _run("onnx-int8", "onnx", 6.0, None, baseline="onnx"),
-            _run("fp32", "tflite", 900.0, 0.90, device="pi", emulated=True),
-            _run("int8", "tflite", 500.0, 0.89, device="pi", emulated=True, split=True, valid=False),
-            _run("dynamic", "tflite", 0, status="failed")]
-    path = tmp_path / "results.json"
+def _runs():
+    return [_run("fp32", 20.0, 0.90, 0.0),  # an earlier sweep: superseded by the next run
+            _run("fp32", 10.0, 0.90, 0.0), _run("int8", 4.0, 0.89, -0.01, split=True),
+            _run("onnx", 12.0, 0.90, 0.0), _run("onnx-int8", 6.0, None),  # random weights: accuracy n/a
+            _run("dynamic", 0, status="failed"),
+            _run("fp32", 900.0, 0.90, device="pi", emulated=True),
+            _run("int8", 500.0, 0.88, device="pi", emulated=True, valid=False),  # throttled
+            _run("onnx-int8", 300.0, 0.90, device="pi", emulated=True)]  # no ONNX float run on pi
+
+
+def _write(path, runs):
     path.write_text(json.dumps({"schema": 1, "runs": runs}))
     return path
 
 
-def test_speed_up_gmacs_and_flags(results):
-    table = {(r["device"], r["format"]): r for r in rows(load_results(results))}
-    assert table[("local", "int8")]["speed-up vs float"] == 2.5
-    assert table[("local", "int8")]["GMAC/s"] == pytest.approx(75.0)
-    assert table[("local", "onnx-int8")]["speed-up vs float"] == 2.0  # against the ONNX float run
-    assert table[("local", "onnx-int8")]["top-1"] is None
-    assert "split: HARD_SWISH×19" in table[("pi", "int8")]["notes"]
-    assert "EMULATED" in table[("pi", "int8")]["notes"] and "INVALID" in table[("pi", "int8")]["notes"]
-    assert table[("local", "dynamic")]["notes"].startswith("FAILED")
+@pytest.fixture
+def results(tmp_path):
+    return _write(tmp_path / "results.json", _runs())
 
 
-def test_report_files(results, tmp_path):
-    text, files = write_report(results, tmp_path / "out" / "report")
-    assert "**EMULATED device**" in text and "governor ondemand" in text and "n/a" in text
-    csv_lines = (tmp_path / "out" / "report.csv").read_text().splitlines()
-    assert len(csv_lines) == 8 and csv_lines[0].startswith("device,artifact,format")
-    pngs = [f for f in files if f.suffix == ".png"]
-    assert len(pngs) == 2 and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
+@pytest.fixture
+def cli_group():
+    """A group like edge-bench's (EdgeError -> one line, exit 2) holding the two commands."""
+    @click.group(cls=_Group)
+    def group():
+        pass
+
+    group.add_command(report_command)
+    group.add_command(compare_command)
+    return group
 
 
-def test_compare_flags_a_regression(results, tmp_path):
-    data = json.loads(results.read_text())
-    data["runs"][1]["latency"]["p50_ms"] = 4.8  # int8 20% slower
-    newer = tmp_path / "new.json"
-    newer.write_text(json.dumps(data))
+def _rows(path):
+    return {(r.run["device_name"], r.run["format"]): r for r in res.analyse(res.load_results(path)) if r.latest}
+
+
+def test_speed_up_gmacs_and_delta_top1(results):
+    rows = _rows(results)
+    assert rows[("board", "fp32")].speed_up_vs_float == pytest.approx(1.0)
+    assert rows[("board", "int8")].speed_up_vs_float == pytest.approx(2.5)  # latest fp32 (10 ms), not 20 ms
+    assert rows[("board", "fp32")].gmac_per_s == pytest.approx(30.0)  # 3e8 MACs in 10 ms
+    assert rows[("board", "int8")].gmac_per_s == pytest.approx(75.0)
+    assert rows[("board", "onnx-int8")].speed_up_vs_float == pytest.approx(2.0)  # vs the ONNX float run
+    assert rows[("board", "onnx-int8")].baseline["format"] == "onnx"
+    assert rows[("board", "int8")].delta_top1_vs_float_pt == pytest.approx(-1.0)  # stored by bench
+    assert rows[("pi", "int8")].delta_top1_vs_float_pt == pytest.approx(-2.0)  # computed from the fp32 run
+    assert rows[("board", "onnx-int8")].delta_top1_vs_float_pt is None
+    fallback = rows[("pi", "onnx-int8")]
+    assert fallback.baseline["format"] == "fp32" and fallback.speed_up_vs_float == pytest.approx(3.0)
+    assert fallback.baseline_note == "vs TFLite fp32: no onnx run"
+    assert rows[("board", "dynamic")].speed_up_vs_float is None and rows[("board", "dynamic")].baseline is None
+
+
+def test_markdown_csv_and_plots(results, tmp_path):
+    files = write_report(results, tmp_path / "out" / "bench")
+    assert [f.name for f in files] == ["bench.md", "bench.csv", "bench_latency_vs_accuracy.png",
+                                       "bench_formats.png"]
+    text = files[0].read_text()
+    board, pi = text.split("\n## board")[1].split("\n## pi")
+    assert "EMULATED" not in board and "## pi (ssh) — EMULATED" in text and "latencies, speed-ups" in pi
+    assert "governor: ondemand (not performance" in board and "part 0xd08" in board
+    assert "litert 2.3.0 (XNNPACK on), onnxruntime 1.31.1" in board
+    table = {line.split(" | ")[1]: line for line in board.splitlines() if line.startswith("| mobilenet")}
+    assert "| 2.50× | 75 | 90/110 (20) | ⚠ split: HARD_SWISH×19 |" in table["int8"]
+    assert "| 89.00 | -1.00 | 98.0 | 4 | 4.4 |" in table["int8"]
+    assert "| onnxruntime 1.31.1 | 2.0 | n/a | n/a | n/a | 6 |" in table["onnx-int8"]
+    assert "FAILED: load_failed: boom" in table["dynamic"] and "**FAILED**: mobilenet_v1_0.25_32.dynamic" in board
+    assert "1 earlier run(s) of the same artifacts are in the CSV only" in board
+    assert "**INVALID** (the device throttled during the run): mobilenet_v1_0.25_32.int8.tflite" in pi
+    assert "vs TFLite fp32: no onnx run" in pi
+    with open(files[1], newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(_runs())
+    assert list(rows[0])[:6] == ["device_name", "transport", "emulated", "valid", "status", "machine"]
+    assert {"p50 ms", "speed-up vs float", "GMAC/s", "latest", "baseline_artifact"} <= set(rows[0])
+    assert [r["latest"] for r in rows].count("False") == 1
+    int8 = next(r for r in rows if r["device_name"] == "board" and r["format"] == "int8")
+    assert float(int8["speed-up vs float"]) == 2.5 and int8["top-1 %"] == "89.0"
+    for png in files[2:]:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_report_without_accuracy_and_default_prefix(tmp_path, cli_group):
+    runs = [_run("fp32", 10.0), _run("int8", 5.0, size_bytes=1024)]
+    path = _write(tmp_path / "random.json", runs)
+    outcome = CliRunner().invoke(cli_group, ["report", str(path)])
+    assert outcome.exit_code == 0, outcome.output
+    assert "| n/a | n/a | n/a | 5 |" in outcome.output and "2.00×" in outcome.output
+    for name in ("random.md", "random.csv", "random_latency_vs_accuracy.png", "random_formats.png"):
+        assert (tmp_path / name).is_file() and str(tmp_path / name) in outcome.output
+
+
+def _regressed(results, tmp_path, change):
+    runs = _runs()
+    change(runs)
+    return _write(tmp_path / "new.json", runs)
+
+
+def test_compare_flags_p50_regression_by_threshold(results, tmp_path):
+    def slower(runs):
+        runs[2]["latency"]["p50_ms"] = 4.8  # board int8: 20 % slower
+        runs[7]["latency"]["p50_ms"] = 900.0  # pi int8 much slower, but emulated (and throttled)
+        runs[8]["latency"]["p50_ms"] = 600.0  # pi onnx-int8: emulated
+    newer = _regressed(results, tmp_path, slower)
     text, regressed = compare(results, newer, ["p50:10%"])
-    assert regressed and "REGRESSION: p50 +20.0% > 10.0%" in text
+    assert regressed
+    line = next(l for l in text.splitlines() if l.startswith("board") and ".int8.tflite" in l)
+    assert "4 → 4.8 (+20.0%)" in line and "REGRESSION: p50 +20.0% > 10%" in line
+    pi_line = next(l for l in text.splitlines() if l.startswith("pi") and ".int8.onnx" in l)
+    assert "(+100.0%)" in pi_line and "ok; latency not checked: emulated" in pi_line
+    assert "8 matched, 1 regression(s); thresholds: p50:10%" in text
     assert not compare(results, newer, ["p50:30%"])[1]
+    assert not compare(results, newer, [])[1]
 
 
-def test_compare_command_exit_status(results, tmp_path, cli):
-    data = json.loads(results.read_text())
-    data["runs"][0]["latency"]["p50_ms"] = 20.0
-    newer = tmp_path / "new.json"
-    newer.write_text(json.dumps(data))
-    from click.testing import CliRunner
+def test_compare_accuracy_failure_and_unmatched(results, tmp_path):
+    def worse(runs):
+        runs[1]["accuracy"]["top1"] = 0.89  # board fp32: -1 point
+        runs[3]["accuracy"].update(top1=0.80, images=50)  # board onnx: other image set, not checked
+        runs[4].update(status="failed", error="runner_failed: killed")
+        del runs[6]  # pi fp32 gone
+        runs.append(_run("fp32", 10.0, 0.9, device="pc"))
+    newer = _regressed(results, tmp_path, worse)
+    text, regressed = compare(results, newer, ["top1:0.5pt"])
+    assert regressed
+    lines = {l.split()[1]: l for l in text.splitlines() if l.startswith("board")}
+    assert "90.00 → 89.00 (-1.00pt)" in lines["mobilenet_v1_0.25_32.fp32.tflite"]
+    assert "REGRESSION: top1 -1.00pt < -0.5pt" in lines["mobilenet_v1_0.25_32.fp32.tflite"]
+    assert "top-1 not checked: different images (200 vs 50)" in lines["mobilenet_v1_0.25_32.onnx"]
+    assert "REGRESSION: FAILED in new: runner_failed: killed" in lines["mobilenet_v1_0.25_32.int8.onnx"]
+    assert "only in old: pi/mobilenet_v1_0.25_32.fp32.tflite (tflite, threads 1)" in text
+    assert "only in new: pc/mobilenet_v1_0.25_32.fp32.tflite (tflite, threads 1)" in text
+    assert compare(results, newer, ["top1:2pt"])[1]  # the run that now fails still regresses
 
-    from edge_mobilenet.cli import main
 
-    outcome = CliRunner().invoke(main, ["compare", str(results), str(newer), "--fail-on", "p50:10%"])
-    assert outcome.exit_code == 1 and "REGRESSION" in outcome.output
-    outcome = CliRunner().invoke(main, ["compare", str(results), str(results), "--fail-on", "p50:10%"])
-    assert outcome.exit_code == 0
+def test_compare_command_exit_status(results, tmp_path, cli_group):
+    newer = _regressed(results, tmp_path, lambda runs: runs[2]["latency"].update(p50_ms=4.8))
+    outcome = CliRunner().invoke(cli_group, ["compare", str(results), str(newer), "--fail-on", "p50:10%"])
+    assert outcome.exit_code == 1 and "REGRESSION: p50 +20.0% > 10%" in outcome.output
+    outcome = CliRunner().invoke(cli_group, ["compare", str(results), str(newer), "--fail-on", "p50:30%",
+                                             "--fail-on", "top1:0.5pt"])
+    assert outcome.exit_code == 0 and "thresholds: p50:30%, top1:0.5pt" in outcome.output
+    outcome = CliRunner().invoke(cli_group, ["compare", str(results), str(newer), "--fail-on", "p50:10"])
+    assert outcome.exit_code == 2
+    assert outcome.output.strip() == ("edge-bench: error: --fail-on 'p50:10': expected METRIC:LIMIT such as "
+                                      "p50:10% or top1:0.5pt (metrics: p50, p90, p99, mean, top1)")
 
 
-@pytest.mark.parametrize("content,message", [(None, "does not exist"), ("{", "not valid JSON"),
-                                             ("[]", "not an edge-bench results file")])
-def test_bad_results_files(tmp_path, content, message):
+@pytest.mark.parametrize("content,message", [
+    (None, "results file does not exist"), ("{", "not valid JSON (Expecting property name"),
+    ("[]", "not an edge-bench results file"), ('{"runs": [{"status": "ok"}]}', "run 0 is not a benchmark run"),
+])
+def test_bad_results_files(tmp_path, cli_group, content, message):
     path = tmp_path / "r.json"
     if content is not None:
         path.write_text(content)
+    with pytest.raises(EdgeError, match="^" + re.escape(f"{path}: {message}")):
+        res.load_results(path)
+    outcome = CliRunner().invoke(cli_group, ["report", str(path)])
+    assert outcome.exit_code == 2 and outcome.output.count("\n") == 1 and str(path) in outcome.output
+
+
+@pytest.mark.parametrize("spec,message", [("p50:ten%", "expected METRIC:LIMIT"), ("latency:5%", "expected"),
+                                          ("top1:1%", "top1 takes a limit in pt"),
+                                          ("p90:1pt", "p90 takes a limit in %")])
+def test_bad_fail_on(spec, message):
     with pytest.raises(EdgeError, match=message):
-        load_results(path)
+        parse_fail_on(spec)
 
 
-def test_bad_fail_on_spec(results):
-    with pytest.raises(EdgeError, match="must look like p50:10%"):
-        compare(results, results, ["p50:ten"])
-    with pytest.raises(EdgeError, match="top1 in points"):
-        compare(results, results, ["top1:1%"])
+def test_empty_results_file(tmp_path):
+    with pytest.raises(EdgeError, match="holds no runs yet"):
+        write_report(_write(tmp_path / "empty.json", []), tmp_path / "x")
+
+
+def test_commands_do_not_import_tensorflow(results, tmp_path):
+    code = ("import sys; from edge_mobilenet.report import commands, compare, markdown; "
+            f"compare.compare({str(results)!r}, {str(results)!r}, ['p50:10%']); "
+            "sys.exit('tensorflow' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0

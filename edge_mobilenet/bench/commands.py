@@ -69,28 +69,3 @@ def bench(artifacts, device, host, user, port, identity, ssh_config, serial, adb
     failed = [r for r in records if r["status"] != "ok"]
     click.echo(f"{len(records) - len(failed)} ok, {len(failed)} failed; results in {results.path}", err=True)
     sys.exit(1 if failed else 0)
-
-
-@click.command("report")
-@click.argument("results")
-@click.option("--output", default=None, help="Prefix for PREFIX.md, .csv and _*.png [RESULTS without .json].")
-def report(results, output):
-    """Markdown table, CSV and PNG plots from a results file."""
-    from edge_mobilenet.report.bench_report import write_report
-
-    text, files = write_report(results, output)
-    click.echo(text)
-    click.echo("wrote " + ", ".join(str(f) for f in files), err=True)
-
-
-@click.command("compare")
-@click.argument("old")
-@click.argument("new")
-@click.option("--fail-on", multiple=True, help="Regression threshold, e.g. p50:10% or top1:0.5pt (repeatable).")
-def compare(old, new, fail_on):
-    """Compare two results files; exit 1 when a --fail-on threshold is crossed."""
-    from edge_mobilenet.report.bench_report import compare as compare_runs
-
-    text, regressed = compare_runs(old, new, list(fail_on))
-    click.echo(text)
-    sys.exit(1 if regressed else 0)

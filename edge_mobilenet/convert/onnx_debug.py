@@ -353,6 +353,22 @@ def onnx_top1(model_bytes: bytes, inputs: np.ndarray, labels: np.ndarray, offset
     return float(np.mean(np.argmax(outputs.reshape(len(inputs), -1), axis=1) - offset == labels))
 
 
+def onnx_latency_ms_p50(model_bytes: bytes, runs: int = 50) -> float:
+    """Median ONNX Runtime run time of a model on this machine (1 thread; a cost estimate)."""
+    import time
+
+    session = make_session_bytes(model_bytes)
+    feed = session.get_inputs()[0]
+    batch = np.zeros([d if isinstance(d, int) else 1 for d in feed.shape], np.float32)
+    session.run(None, {feed.name: batch})
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        session.run(None, {feed.name: batch})
+        times.append((time.perf_counter() - started) * 1e3)
+    return float(np.median(times))
+
+
 class OnnxSelectiveQuantizer:
     """QDQ int8 models of one float ONNX model with any set of nodes left in float.
 

@@ -109,16 +109,6 @@ class FloatModel:
 
         return self._export(fmt, "onnx", lambda m, folder: convert_onnx(m, folder / "float.onnx")) / "float.onnx"
 
-    def layer_ranking(self, calibration: np.ndarray) -> list:
-        """Per-layer int8 error of the int8 graph, worst first (computed once, shared by runtimes)."""
-        from edge_mobilenet.convert.quant_debug import layer_errors
-
-        if getattr(self, "_ranking", None) is None:
-            int8 = FORMATS["int8"]
-            self._ranking = layer_errors(self.saved_model_dir(int8), calibration, calibration[:32],
-                                         {l.name for l in self.model_for(int8).layers})
-        return self._ranking
-
     def close(self) -> None:
         for folder in (self._exports or {}).values():
             folder.cleanup()
@@ -231,22 +221,33 @@ def _onnx_facts(path: Path, evaluation: EvalSet | None, float_model: FloatModel)
 
 
 def _selective_strategy(float_model: FloatModel, fmt: Format, calibration: np.ndarray,
-                        settings: QuantizeSettings, evaluation: EvalSet, ranking: list):
-    """(quantizer, candidates in order, score, latency) for the runtime of ``fmt``."""
-    from edge_mobilenet.convert import accuracy_aware, onnx_selective
+                        settings: QuantizeSettings, evaluation: EvalSet):
+    """(quantizer, layers ranked worst first, score, latency) for the runtime of ``fmt``; each runtime
+    ranks its own quantized graph (TFLite: QuantizationDebugger; ONNX: the same per-layer measure)."""
+    from edge_mobilenet.convert import accuracy_aware
 
     labelled = (evaluation.inputs, evaluation.labels, evaluation.label_offset)
+    layer_names = {l.name for l in float_model.model_for(fmt).layers}
     if fmt.runtime == "tflite":
-        from edge_mobilenet.convert.quant_debug import SelectiveQuantizer
+        from edge_mobilenet.convert.quant_debug import SelectiveQuantizer, layer_errors
 
-        quantizer = SelectiveQuantizer(float_model.saved_model_dir(fmt), calibration, settings.io)
+        exported = float_model.saved_model_dir(fmt)
+        ranking = layer_errors(exported, calibration, calibration[:32], layer_names)
+        quantizer = SelectiveQuantizer(exported, calibration, settings.io)
         return (quantizer, ranking, lambda model: accuracy_aware.top1(model, *labelled),
                 accuracy_aware.latency_ms_p50)
+    import tempfile
+
+    from edge_mobilenet.convert import onnx_debug
+
     float_path = float_model.float_onnx(fmt)
-    candidates = onnx_selective.onnx_ranking(ranking, float_model.model_for(fmt), float_path)
-    quantizer = onnx_selective.OnnxSelectiveQuantizer(float_path, calibration, _onnx_options(settings))
-    return (quantizer, candidates, lambda model: onnx_selective.onnx_top1(model, *labelled),
-            onnx_selective.onnx_latency_ms_p50)
+    quantizer = onnx_debug.OnnxSelectiveQuantizer(float_path, calibration, _onnx_options(settings))
+    with tempfile.TemporaryDirectory(prefix="edge-onnx-rank-") as folder:
+        plain = Path(folder) / "plain.onnx"
+        plain.write_bytes(quantizer.quantize([]))
+        ranking = onnx_debug.onnx_layer_errors(float_path, plain, calibration[:32], layer_names=layer_names)
+    return (quantizer, ranking, lambda model: onnx_debug.onnx_top1(model, *labelled),
+            onnx_debug.onnx_latency_ms_p50)
 
 
 def _build_accuracy_aware(float_model: FloatModel, fmt: Format, calibration: np.ndarray,
@@ -261,9 +262,8 @@ def _build_accuracy_aware(float_model: FloatModel, fmt: Format, calibration: np.
     if not float_model.trained_weights:
         raise EdgeError(f"{float_model.path}: random weights have no accuracy to keep; train it first")
     started = time.perf_counter()
-    ranking = float_model.layer_ranking(calibration)
     quantizer, candidates, score, latency = _selective_strategy(float_model, fmt, calibration, settings,
-                                                                evaluation, ranking)
+                                                                evaluation)
     float_top1 = float(np.mean(_top1(evaluation.float_outputs) - evaluation.label_offset == evaluation.labels))
     _log(f"  {fmt.name}: accuracy-aware search, target {goal.text} of float top-1 {float_top1:.4f}")
     found = accuracy_aware.search(quantizer, candidates, score, float_top1, goal, log=_log)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from edge_mobilenet.errors import EdgeError
 from edge_mobilenet.fileio import write_text_atomic
 from edge_mobilenet.report import results as res
 from edge_mobilenet.report.results import RunRow
@@ -220,7 +221,7 @@ def write_report(results_path: str | Path, output_prefix: str | Path | None = No
     results_path = Path(results_path)
     runs = res.load_results(results_path)
     if not runs:
-        raise EdgeErrorNoRuns(f"{results_path}: holds no runs yet")
+        raise EdgeError(f"{results_path}: holds no runs yet")
     prefix = Path(output_prefix) if output_prefix else results_path.with_suffix("")
     rows = res.analyse(runs)
     markdown_path, csv_path = _with_suffix(prefix, ".md"), _with_suffix(prefix, ".csv")

@@ -90,14 +90,14 @@ def run_key(run: dict) -> tuple:
 
 
 def p50_ms(run: dict) -> float | None:
-    return _latency(run, "p50_ms")
+    return latency_ms(run, "p50_ms")
 
 
 def p90_ms(run: dict) -> float | None:
-    return _latency(run, "p90_ms")
+    return latency_ms(run, "p90_ms")
 
 
-def _latency(run: dict, key: str) -> float | None:
+def latency_ms(run: dict, key: str) -> float | None:
     if run["status"] != "ok":
         return None
     value = (run.get("latency") or {}).get(key)
@@ -192,13 +192,13 @@ def _order(runs: list[dict]):
     def key(row: RunRow) -> tuple:
         run = row.run
         return (devices.index(run["device_name"]), models.index(row.model),
-                _position(RUNTIME_ORDER, run["runtime_kind"]), _position(FORMAT_ORDER, run["format"]),
+                order_index(RUNTIME_ORDER, run["runtime_kind"]), order_index(FORMAT_ORDER, run["format"]),
                 threads_of(run) or 0, _index(run, runs))
 
     return key
 
 
-def _position(order: tuple, value) -> int:
+def order_index(order: tuple, value) -> int:
     return order.index(value) if value in order else len(order)
 
 
