@@ -24,7 +24,7 @@ from edge_mobilenet.fileio import sha256_file, write_bytes_atomic
 
 
 # Bumped when the manifest facts an artifact carries change, so older entries are rebuilt.
-PIPELINE_VERSION = 2
+PIPELINE_VERSION = 3
 
 # Runtimes every artifact is checked against (from its operator versions / opset) in the manifest.
 TFLITE_RUNTIMES_CHECKED = ("tflite-runtime==2.14", "ai-edge-litert==2.3")
