@@ -55,7 +55,6 @@ def main() -> None:
     entries = [e for e in manifest["artifacts"] if e["file"].startswith("mobilenet_v2_1.0_224_from_ptq")]
     fp32 = next(e for e in entries if e["format"] == "fp32")
     from edge_mobilenet.data.calibration import CalibrationSource, choose_files
-    from edge_mobilenet.data.images import load_folder
 
     chosen = {str(p) for p in choose_files(CalibrationSource(str(sample), 200, 0))}
     table = [line.split(",") for line in (sample / "labels.csv").read_text().splitlines()[1:]]

@@ -25,7 +25,7 @@ import numpy as np
 
 from edge_mobilenet.bench import device_runner
 from edge_mobilenet.bench.transports import AdbTransport, Transport
-from edge_mobilenet.convert.formats import FORMATS, format_of_file
+from edge_mobilenet.convert.formats import format_of_file
 from edge_mobilenet.errors import EdgeError
 from edge_mobilenet.fileio import sha256_file, write_json_atomic
 

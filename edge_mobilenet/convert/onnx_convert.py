@@ -81,8 +81,9 @@ class OnnxQuantOptions:
         return letter[self.activation_type] + letter[self.weight_type]
 
 
-def make_session(path: str | Path, threads: int = 1):
-    """An ONNX Runtime CPU session; with several threads, workers sleep instead of spinning."""
+def make_session(path: str | Path | bytes, threads: int = 1, source: str | None = None):
+    """An ONNX Runtime CPU session on a file or serialized model; with several threads, workers sleep
+    instead of spinning. ``source`` names the model in errors (default: the path)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -91,10 +92,12 @@ def make_session(path: str | Path, threads: int = 1):
     options.log_severity_level = 3
     if threads > 1:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    model = path if isinstance(path, bytes) else str(path)
     try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as error:  # ORT raises its own Fail/InvalidGraph/... types
-        raise EdgeError(f"{path}: ONNX Runtime can't load it: {_first_line(error)}") from None
+        name = source or (path if not isinstance(path, bytes) else "ONNX model")
+        raise EdgeError(f"{name}: ONNX Runtime can't load it: {_first_line(error)}") from None
 
 
 def run_onnx(model, inputs: np.ndarray, threads: int = 1) -> np.ndarray:

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_mobilenet.convert.onnx_convert import (OnnxQuantOptions, _first_line, load_onnx, onnx_io_spec,
-                                                 quantize_onnx, run_onnx)
+from edge_mobilenet.convert.onnx_convert import (OnnxQuantOptions, _first_line, load_onnx, make_session,
+                                                 onnx_io_spec, quantize_onnx, run_onnx)
 from edge_mobilenet.convert.quant_debug import LayerError
 from edge_mobilenet.errors import EdgeError
 
@@ -300,7 +300,7 @@ def _check_inputs(inputs, shape: list, batch: int, source) -> np.ndarray:
 
 def _measure(model, probes: list[_Probe], inputs: np.ndarray, source) -> dict[str, dict]:
     """Squared error, squared signal, count and max |error| per probe over ``inputs``."""
-    session = make_session_bytes(model.SerializeToString(), source=source)
+    session = make_session(model.SerializeToString(), source=str(source))
     feed = session.get_inputs()[0]
     batch = feed.shape[0] if isinstance(feed.shape[0], int) else 1
     inputs = _check_inputs(inputs, feed.shape, batch, source)
@@ -326,25 +326,9 @@ def _measure(model, probes: list[_Probe], inputs: np.ndarray, source) -> dict[st
     return totals
 
 
-def make_session_bytes(model_bytes: bytes, threads: int = 1, source="ONNX model"):
-    """An ONNX Runtime CPU session on a serialized model, set up like ``onnx_convert.make_session``."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    if threads > 1:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        return ort.InferenceSession(model_bytes, sess_options=options, providers=["CPUExecutionProvider"])
-    except Exception as error:  # ORT raises its own Fail/InvalidGraph/... types
-        raise EdgeError(f"{source}: ONNX Runtime can't load it: {_first_line(error)}") from None
-
-
 def run_onnx_bytes(model_bytes: bytes, inputs: np.ndarray, threads: int = 1) -> np.ndarray:
     """``run_onnx`` on a serialized model (``run_onnx`` itself takes a path or a session)."""
-    return run_onnx(make_session_bytes(model_bytes, threads), inputs)
+    return run_onnx(make_session(model_bytes, threads), inputs)
 
 
 def onnx_top1(model_bytes: bytes, inputs: np.ndarray, labels: np.ndarray, offset: int = 0) -> float:
@@ -357,7 +341,7 @@ def onnx_latency_ms_p50(model_bytes: bytes, runs: int = 50) -> float:
     """Median ONNX Runtime run time of a model on this machine (1 thread; a cost estimate)."""
     import time
 
-    session = make_session_bytes(model_bytes)
+    session = make_session(model_bytes)
     feed = session.get_inputs()[0]
     batch = np.zeros([d if isinstance(d, int) else 1 for d in feed.shape], np.float32)
     session.run(None, {feed.name: batch})

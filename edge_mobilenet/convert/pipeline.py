@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_mobilenet.convert.formats import FORMATS, Format
+from edge_mobilenet.convert.formats import Format
 from edge_mobilenet.convert.manifest import Manifest, tool_versions
 from edge_mobilenet.data.calibration import CalibrationSource
 from edge_mobilenet.data.preprocess import Preprocessing
