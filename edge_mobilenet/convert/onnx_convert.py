@@ -213,6 +213,17 @@ def convert_onnx(model, output_path: str | Path, *, batch: int = 1, opset: int |
             "tf2onnx": tf2onnx.__version__, "convert_seconds": round(seconds, 2)}
 
 
+def _sort_initializers(path: Path) -> None:
+    """The quantizer lists initializers in an order that varies between processes: fix it by name."""
+    import onnx
+
+    model = onnx.load(str(path))
+    ordered = sorted(model.graph.initializer, key=lambda t: t.name)
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(ordered)
+    onnx.save(model, str(path))
+
+
 def canonical_names(graph) -> None:
     """Rename nodes and inner tensors by position, so the same model always serializes to the same bytes.
 
@@ -345,6 +356,7 @@ def quantize_onnx(float_path: str | Path, output_path: str | Path, calibration_i
                                 reduce_range=options.reduce_range, activation_type=activation,
                                 weight_type=weight, calibrate_method=method,
                                 nodes_to_exclude=list(options.nodes_to_exclude) or None)
+                _sort_initializers(tmp)
         except EdgeError:
             raise
         except Exception as error:  # ORT's quantizer raises many types
