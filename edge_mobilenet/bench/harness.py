@@ -18,7 +18,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -62,11 +62,6 @@ QUICK = dict(warmup_runs=1, warmup_seconds=0.1, min_runs=10, min_seconds=0.2, ma
 class Artifact:
     path: Path
     entry: dict  # the manifest entry, or one inferred from the file
-
-
-@dataclass
-class EvalImages:
-    inputs_by_key: dict = field(default_factory=dict)
 
 
 def _infer_entry(path: Path) -> dict:

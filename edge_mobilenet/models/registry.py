@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from edge_mobilenet.errors import EdgeError
 from edge_mobilenet.models.builder import HARD_SWISH_FORMS, BuildConfig, build
@@ -105,11 +105,3 @@ def build_model(name: str, **options):
     """Build registered model ``name``; options as in :func:`make_config`."""
     config = make_config(name, **options)
     return build(get_entry(name).spec, config)
-
-
-def build_from_config(name: str, config: BuildConfig):
-    return build(get_entry(name).spec, config)
-
-
-def with_options(config: BuildConfig, **changes) -> BuildConfig:
-    return replace(config, **changes)
