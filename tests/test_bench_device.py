@@ -5,6 +5,7 @@ loopback. Its results are real ARM results; its latencies are not (emulation): n
 
 import json
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -62,6 +63,29 @@ def _remote(env, command: str) -> str:
 
 def _bench(run_cli, artifacts, extra, results):
     return run_cli("bench", *artifacts, *TINY, *extra, "--output", results)
+
+
+def _descendants_running(root: int, program: str, needle: str) -> list[int]:
+    """PIDs of the processes below ``root`` (which this test started) whose argv[0] is ``program``
+    and whose command line contains ``needle``: read from /proc, so nothing else is touched."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        try:
+            argv = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if Path(argv[0].decode()).name == program and needle.encode() in b" ".join(argv):
+            found.append(pid)
+    return found
 
 
 def test_pi_over_ssh_matches_local(bench_artifacts, pi, run_cli, tmp_path):
@@ -152,11 +176,19 @@ def test_connection_cut_mid_run_keeps_results_and_leaves_nothing_running(bench_a
     # wait for the first artifact (the fp32 baseline runs first) to be stored
     deadline = time.time() + 240
     while time.time() < deadline and not (results.exists() and json.loads(results.read_text())["runs"]):
+        assert process.poll() is None, process.communicate()[1][-2000:]
         time.sleep(0.5)
     assert results.exists(), "the first artifact never finished"
-    # the second artifact is running: cut the connection by killing the local ssh client
-    time.sleep(1.0)
-    subprocess.run(["pkill", "-f", "ssh .*device_runner.py"], check=False)
+    # wait until the runner for the second artifact is running on the device (its --min-seconds 10
+    # keeps it there), then cut that session by killing our own ssh client by PID
+    deadline = time.time() + 120
+    while time.time() < deadline and "model_1." not in _remote(pi, "ps -eo args"):
+        time.sleep(0.5)
+    assert "model_1." in _remote(pi, "ps -eo args"), "the second artifact's runner never started"
+    clients = _descendants_running(process.pid, "ssh", "model_1.")
+    assert clients, "no ssh client of this bench runs the second artifact"
+    for pid in clients:
+        os.kill(pid, signal.SIGKILL)
     process.wait(timeout=120)
     assert process.returncode != 0
     runs = json.loads(results.read_text())["runs"]
