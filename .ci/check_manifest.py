@@ -1,32 +1,40 @@
-"""CI: the manifest `make quantize` wrote lists every recipe model x format, each file intact."""
+"""CI: the manifest `make quantize` wrote lists every format of the table, each file intact, int8 close
+to float; prints each artifact's sha256 (what the bytes of this commit are, with what they depend on)."""
 
-import hashlib
-import json
 import sys
 from pathlib import Path
 
+from edge_mobilenet.contracts.formats import FORMATS
+from edge_mobilenet.contracts.manifest import read_manifest
+from edge_mobilenet.errors import EdgeError
+from edge_mobilenet.fileio import sha256_file
+
 path = Path(sys.argv[1])
-manifest = json.loads(path.read_text())
-artifacts = manifest["artifacts"]
+try:
+    manifest = read_manifest(path)
+except EdgeError as error:
+    sys.exit(f"manifest check: {error}")
 problems = []
-for entry in artifacts:
-    file = path.parent / entry["file"]
+for entry in manifest.entries:
+    file = manifest.artifact_path(entry)
     if not file.is_file():
         problems.append(f"{file}: missing")
         continue
-    if hashlib.sha256(file.read_bytes()).hexdigest() != entry["sha256"]:
+    if sha256_file(file) != entry.sha256:
         problems.append(f"{file}: sha256 differs from the manifest")
-    for key in ("format", "input", "output", "params", "macs", "tool_versions"):
-        if key not in entry:
+    for key in ("tool_versions", "cache_key"):
+        if key not in entry.facts:
             problems.append(f"{file}: manifest entry lacks {key}")
-    agreement = entry.get("validation", {}).get("top1_agreement_with_float")
-    if entry["format"] in ("int8", "onnx-int8") and (agreement is None or agreement < 0.9):
+    if entry.params is None or entry.macs is None:
+        problems.append(f"{file}: manifest entry lacks params/macs")
+    agreement = entry.validation.agreement_with_float if entry.validation else None
+    if FORMATS[entry.format].integer and (agreement is None or agreement < 0.9):
         problems.append(f"{file}: int8 top-1 agreement with float is {agreement}")
-formats = {e["format"] for e in artifacts}
-missing = {"fp32", "fp16", "dynamic", "int8", "onnx", "onnx-int8"} - formats
+    print(f"sha256 {entry.sha256}  {entry.file}")
+missing = set(FORMATS) - {e.format for e in manifest.entries}
 if missing:
     problems.append(f"{path}: no artifact of format {', '.join(sorted(missing))}")
 for line in problems:
     print(f"manifest check: {line}")
-print(f"manifest check: {len(artifacts)} artifacts, {len(problems)} problems")
+print(f"manifest check: {len(manifest.entries)} artifacts, {len(problems)} problems")
 sys.exit(1 if problems else 0)

@@ -10,7 +10,6 @@ Writes benchmarks/results/accuracy_aware.md. Reproduce: `make accuracy-report`.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time
@@ -28,27 +27,29 @@ def quantize(model: Path, output: Path, target: str | None, extra: list[str]) ->
     result = subprocess.run(args, capture_output=True, text=True)
     sys.stderr.write("".join(l + "\n" for l in result.stderr.splitlines() if "layer(s) in float" in l
                              or " built " in l or "error" in l))
-    manifest = json.loads((output / "manifest.json").read_text())
-    entries = {e["format"]: e for e in manifest["artifacts"] if e["file"].startswith(model.stem)}
+    from edge_mobilenet.contracts.manifest import read_manifest
+
+    entries = {e.format: e for e in read_manifest(output).entries if e.file.startswith(model.stem)}
     entries["_seconds"] = time.perf_counter() - started
     entries["_status"] = result.returncode
     return entries
 
 
 def row(label: str, plain: dict, aware: dict, target: str) -> list[str]:
-    fp32, int8, aa = plain["fp32"]["validation"], plain["int8"]["validation"], aware["int8"]
-    record = aa.get("recipe", {}).get("accuracy_aware", {})
-    onnx, onnx_int8 = plain["onnx"]["validation"], plain["onnx-int8"]["validation"]
-    onnx_aware = aware["onnx-int8"].get("recipe", {}).get("accuracy_aware", {})
+    top1 = lambda entry: entry.validation.metrics["top1"]
+    fp32_top1 = plain["fp32"].validation.float_metrics["top1"]
+    record = aware["int8"].facts.get("recipe", {}).get("accuracy_aware", {})
+    onnx_top1 = top1(plain["onnx"])
+    onnx_aware = aware["onnx-int8"].facts.get("recipe", {}).get("accuracy_aware", {})
     share = lambda v, f: f"{v:.4f} ({100 * v / f:.1f}%)" if f else "n/a"
     latency = record.get("latency_ms_p50_local", {})
-    return [label, f"{fp32['float_top1']:.4f}", share(int8["top1"], fp32["float_top1"]),
-            share(record.get("top1", float("nan")), fp32["float_top1"]), target,
+    return [label, f"{fp32_top1:.4f}", share(top1(plain["int8"]), fp32_top1),
+            share(record.get("top1", float("nan")), fp32_top1), target,
             str(len(record.get("float_layers", []))) + (" (" + ", ".join(record["float_layers"][:4]) + ")"
                                                          if record.get("float_layers") else ""),
             f"{latency.get('full_int8', float('nan')):.2f} / {latency.get('selective', float('nan')):.2f}",
-            f"{onnx['top1']:.4f}", share(onnx_int8["top1"], onnx["top1"]),
-            share(onnx_aware.get("top1", float("nan")), onnx["top1"])
+            f"{onnx_top1:.4f}", share(top1(plain["onnx-int8"]), onnx_top1),
+            share(onnx_aware.get("top1", float("nan")), onnx_top1)
             + f" [{len(onnx_aware.get('float_layers', []))} float: {', '.join(onnx_aware.get('float_layers', [])[:3])}]"]
 
 

@@ -31,7 +31,7 @@ MODELS = ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_la
 
 
 def bare_p50(path: Path, runs: int) -> float:
-    from edge_mobilenet.convert.accuracy_aware import latency_ms_p50
+    from edge_mobilenet.runtimes.timing import tflite_latency_ms_p50 as latency_ms_p50
 
     return latency_ms_p50(path, runs=runs, warmup_runs=20)
 

@@ -11,7 +11,6 @@ images. Prints a Markdown report (also written to benchmarks/results/quantize_im
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def published_top1(shared: Path, eval_files: list[str], labels: np.ndarray) -> float:
-    from edge_mobilenet.convert.tflite import make_interpreter
+    from edge_mobilenet.runtimes.tflite import make_interpreter
     from edge_mobilenet.data.images import decode_image
 
     interpreter = make_interpreter(shared / "models" / "tf2_mobilenet_v2_1.0_224_ptq.tflite")
@@ -51,9 +50,10 @@ def main() -> None:
                     "--calibration", str(sample), "--count", "200", "--eval", str(sample),
                     "--eval-count", "800", "--formats", args.formats, "--output", args.output], check=True)
     seconds = time.perf_counter() - started
-    manifest = json.loads((Path(args.output) / "manifest.json").read_text())
-    entries = [e for e in manifest["artifacts"] if e["file"].startswith("mobilenet_v2_1.0_224_from_ptq")]
-    fp32 = next(e for e in entries if e["format"] == "fp32")
+    from edge_mobilenet.contracts.manifest import read_manifest
+
+    entries = [e for e in read_manifest(args.output).entries if e.file.startswith("mobilenet_v2_1.0_224_from_ptq")]
+    fp32 = next(e for e in entries if e.format == "fp32")
     from edge_mobilenet.data.calibration import CalibrationSource, choose_files
 
     chosen = {str(p) for p in choose_files(CalibrationSource(str(sample), 200, 0))}
@@ -66,10 +66,10 @@ def main() -> None:
              "| format | size KiB | size / fp32 | top-1 | float top-1 | top-1 agreement with float | convert s |",
              "|---|---|---|---|---|---|---|"]
     for e in entries:
-        v = e.get("validation", {})
-        lines.append(f"| {e['format']} | {e['size_bytes'] / 1024:.0f} | {e['size_bytes'] / fp32['size_bytes']:.2f} | "
-                     f"{v.get('top1', 'n/a')} | {v.get('float_top1', 'n/a')} | "
-                     f"{v.get('top1_agreement_with_float', 'n/a')} | {e.get('convert_seconds')} |")
+        v = e.validation
+        lines.append(f"| {e.format} | {e.size_bytes / 1024:.0f} | {e.size_bytes / fp32.size_bytes:.2f} | "
+                     f"{v.metrics.get('top1', 'n/a') if v else 'n/a'} | {v.float_metrics.get('top1', 'n/a') if v else 'n/a'} | "
+                     f"{v.agreement_with_float if v else 'n/a'} | {e.facts.get('convert_seconds')} |")
     lines += ["", f"Published per-channel PTQ model (tf2_mobilenet_v2_1.0_224_ptq.tflite) on the same "
               f"{len(held)} images: top-1 {published:.4f}", ""]
     report = "\n".join(lines)

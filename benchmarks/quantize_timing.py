@@ -9,7 +9,6 @@ training too); warm = the same command again with nothing changed. Writes benchm
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -35,11 +34,11 @@ def main() -> None:
         shutil.rmtree(REPO / "build" / "models", ignore_errors=True)
     cold = run_make()
     warm = run_make()
-    manifest = json.loads((REPO / "build" / "artifacts" / "manifest.json").read_text())
+    from edge_mobilenet.contracts.manifest import read_manifest
+
     models: dict[str, dict] = {}
-    for entry in manifest["artifacts"]:
-        stem = Path(entry["source"]["file"]).stem
-        models.setdefault(stem, {})[entry["format"]] = entry
+    for entry in read_manifest(REPO / "build" / "artifacts").entries:
+        models.setdefault(Path(entry.source_file).stem, {})[entry.format] = entry
     lines = ["# make quantize: timing and sizes", "",
              f"`{' '.join(sys.argv)}` on this machine (2 cores): cold {cold:.0f} s "
              f"({'training included' if args.retrain else 'trained models cached'}), warm {warm:.1f} s.", "",
@@ -47,15 +46,15 @@ def main() -> None:
              "XNNPACK nodes (partitions) | tflite-runtime 2.14 loads |", "|---|---|---|---|---|---|---|---|---|"]
     for stem, formats in models.items():
         for name, entry in formats.items():
-            base = formats["fp32" if entry["runtime"] == "tflite" else "onnx"]["size_bytes"]
-            delegation = entry.get("delegation")
+            base = formats[entry.baseline].size_bytes
+            delegation = entry.facts.get("delegation")
             delegated = (f"{delegation['nodes_delegated']}/{delegation['nodes_total']} "
                          f"({delegation['partitions']})" if delegation else "n/a")
-            loads = entry.get("compatibility", {}).get("tflite-runtime==2.14", {}).get("loads", "n/a")
-            validation = entry.get("validation", {})
-            lines.append(f"| {stem} | {name} | {entry['size_bytes'] / 1024:.0f} | {entry['size_bytes'] / base:.2f} | "
-                         f"{entry.get('convert_seconds')} | {validation.get('top1')} | "
-                         f"{validation.get('top1_agreement_with_float')} | {delegated} | {loads} |")
+            loads = entry.facts.get("compatibility", {}).get("tflite-runtime==2.14", {}).get("loads", "n/a")
+            validation = entry.validation
+            lines.append(f"| {stem} | {name} | {entry.size_bytes / 1024:.0f} | {entry.size_bytes / base:.2f} | "
+                         f"{entry.facts.get('convert_seconds')} | {validation.metrics.get('top1') if validation else None} | "
+                         f"{validation.agreement_with_float if validation else None} | {delegated} | {loads} |")
     report = "\n".join(lines) + "\n"
     print(report)
     (REPO / "benchmarks" / "results").mkdir(parents=True, exist_ok=True)

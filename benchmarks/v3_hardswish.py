@@ -111,7 +111,7 @@ def time_interleaved(sessions: dict, runs: int) -> dict[str, np.ndarray]:
 
 
 def litert_session(flatbuffer: bytes, threads: int):
-    from edge_mobilenet.convert.tflite import make_interpreter
+    from edge_mobilenet.runtimes.tflite import make_interpreter
 
     interpreter = make_interpreter(flatbuffer, threads)
     detail = interpreter.get_input_details()[0]
@@ -121,7 +121,7 @@ def litert_session(flatbuffer: bytes, threads: int):
 
 def quality(flatbuffer: bytes, reference: np.ndarray, pixels: np.ndarray) -> tuple[float, float]:
     """(top-1 agreement with the float logits, RMS error / RMS float)."""
-    from edge_mobilenet.convert.tflite import make_interpreter, run_tflite
+    from edge_mobilenet.runtimes.tflite import make_interpreter, run_tflite
 
     logits = run_tflite(make_interpreter(flatbuffer), pixels)
     agree = float(np.mean(np.argmax(logits, 1) == np.argmax(reference, 1)))
@@ -130,7 +130,7 @@ def quality(flatbuffer: bytes, reference: np.ndarray, pixels: np.ndarray) -> tup
 
 
 def litert_rows(key: str, pixels: np.ndarray, runs: int) -> list[str]:
-    from edge_mobilenet.convert.delegation import delegation_stats
+    from edge_mobilenet.runtimes.delegation import delegation_stats
 
     name = MODELS[key]
     variants = keras_variants(name, pixels)
@@ -155,8 +155,8 @@ def litert_rows(key: str, pixels: np.ndarray, runs: int) -> list[str]:
 
 def onnx_rows(key: str, pixels: np.ndarray, runs: int, folder: Path) -> list[str]:
     """fp32 ONNX (tf2onnx) vs U8S8 QDQ per-channel int8 of the stock and the rewritten graph."""
-    from edge_mobilenet.convert.onnx_convert import (convert_onnx, make_session, quantize_onnx,
-                                                     run_onnx)
+    from edge_mobilenet.convert.onnx_convert import convert_onnx, quantize_onnx
+    from edge_mobilenet.runtimes.onnx import make_session, run_onnx
 
     name = MODELS[key]
     variants = keras_variants(name, pixels)

@@ -8,39 +8,76 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 
 import click
 
+from edge_mobilenet.contracts.formats import FORMATS
 from edge_mobilenet.errors import EdgeError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, unwound like Ctrl-C: temporary folders are removed, nothing is half-recorded."""
+
+    signum = signal.SIGTERM
+
+
+_RECEIVED: list[int] = []  # signals received: an error raised after one is that interruption's
+
+
+def _terminate(signum, frame):
+    _RECEIVED.append(signum)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
 class _Group(click.Group):
-    """Turns EdgeError (and a missing input file) into one line on stderr and exit status 2."""
+    """Turns EdgeError (and a missing input file) into one line on stderr and exit status 2; SIGINT
+    and SIGTERM unwind the same way (exit 130 / 143)."""
 
     def invoke(self, ctx):
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _terminate)
+            signal.signal(signal.SIGINT, _terminate)
         try:
             return super().invoke(ctx)
         except EdgeError as error:
             click.echo(f"edge-bench: error: {error}", err=True)
             sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("edge-bench: interrupted", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as interrupt:
+            _interrupted(interrupt)
+        except Exception as error:  # a signal inside a C extension surfaces as its error
+            cause = _interrupt_in(error)
+            if cause is None and not _RECEIVED:
+                raise
+            _interrupted(cause or (Terminated() if _RECEIVED[-1] == signal.SIGTERM else KeyboardInterrupt()))
+
+
+def _interrupt_in(error: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt an exception was raised while handling (e.g. ImportError from an
+    extension module whose import a signal cut short), if any."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _interrupted(interrupt: KeyboardInterrupt):
+    terminated = isinstance(interrupt, Terminated)
+    click.echo(f"edge-bench: {'terminated' if terminated else 'interrupted'}", err=True)
+    sys.exit(143 if terminated else 130)
 
 
 @click.group(cls=_Group)
 @click.version_option(package_name="edge-mobilenet")
 def main():
     """Build, quantize and benchmark MobileNet V1/V2/V3 for ARM CPUs."""
-
-
-def _model_names():
-    from edge_mobilenet.models.registry import REGISTRY
-
-    return list(REGISTRY)
 
 
 @main.command()
@@ -104,12 +141,6 @@ def train(model_name, alpha, size, data_dir, epochs, batch_size, learning_rate, 
     click.echo(json.dumps({k: result[k] for k in ("model_path", "val_accuracy", "seconds")}))
 
 
-def _format_names():
-    from edge_mobilenet.convert.formats import FORMATS
-
-    return ", ".join(FORMATS)
-
-
 @main.command()
 @click.option("--model", "models_", multiple=True,
               help="A .keras/.h5 file or a registered model name (repeatable).")
@@ -117,16 +148,15 @@ def _format_names():
               help="A TOML recipe (converters/default.toml): models, formats, calibration.")
 @click.option("--calibration", type=click.Path(), default=None,
               help="Calibration image folder (default: calibration_data/digits).")
-@click.option("--count", type=int, default=None, help="Calibration images to use [200].")
-@click.option("--seed", type=int, default=None, help="Seed choosing the calibration images [0].")
+@click.option("--count", type=click.IntRange(min=1), default=None, help="Calibration images to use [200].")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed choosing the calibration images [0].")
 @click.option("--skip-corrupt", is_flag=True, help="Skip (and count) undecodable calibration images.")
-@click.option("--formats", default=None, help="Comma-separated formats [all]: fp32, fp16, dynamic, int8, "
-              "onnx, onnx-int8.")
+@click.option("--formats", default=None, help=f"Comma-separated formats [all]: {', '.join(FORMATS)}.")
 @click.option("--io", type=click.Choice(["int8", "uint8", "float"]), default=None,
               help="Input/output type of the int8 TFLite model [int8].")
 @click.option("--eval", "eval_dir", type=click.Path(), default=None,
               help="Labelled images for validation (default: the training run's validation split).")
-@click.option("--eval-count", type=int, default=500, show_default=True)
+@click.option("--eval-count", type=click.IntRange(min=1), default=None, help="Evaluation images [500].")
 @click.option("--onnx-activation", type=click.Choice(["uint8", "int8"]), default=None,
               help="ONNX int8 activation type [uint8: U8S8, fastest on x86].")
 @click.option("--onnx-method", type=click.Choice(["minmax", "entropy", "percentile"]), default=None,
@@ -149,44 +179,14 @@ def quantize(models_, recipe, calibration, count, seed, skip_corrupt, formats, i
 
     Either --model (repeatable) or --recipe. Unchanged inputs reuse existing artifacts.
     """
-    from dataclasses import replace
+    from edge_mobilenet.convert.batch import run_quantize
 
-    from edge_mobilenet.convert.formats import DEFAULT_FORMATS, parse_formats
-    from edge_mobilenet.convert.pipeline import QuantizeSettings
-    from edge_mobilenet.convert.recipe import load_recipe, resolve_recipe_sources
-    from edge_mobilenet.convert.run import ModelRequest
-    from edge_mobilenet.convert.run import quantize as run_quantize
-    from edge_mobilenet.data.calibration import CalibrationSource
-
-    if bool(models_) == bool(recipe):
-        raise EdgeError("give either --model (one or more) or --recipe")
-    requests = []
-    if recipe:
-        loaded = load_recipe(recipe, output_dir=output, progress=not quiet)
-        settings = loaded.settings
-        if formats:
-            settings = replace(settings, formats=tuple(f.name for f in parse_formats(formats)))
-        for model, source in resolve_recipe_sources(loaded):
-            requests.append(ModelRequest(source, model.formats or settings.formats, model.alpha,
-                                         model.size, model.classes))
-    else:
-        chosen = tuple(f.name for f in parse_formats(formats)) if formats else DEFAULT_FORMATS
-        settings = QuantizeSettings(formats=chosen, calibration=CalibrationSource("calibration_data/digits"),
-                                    output_dir=output or "build/artifacts", progress=not quiet)
-        requests = [ModelRequest(m, chosen, alpha, size, classes) for m in models_]
-    source = settings.calibration
-    settings = replace(settings, calibration=CalibrationSource(
-        calibration or source.folder, source.count if count is None else count,
-        source.seed if seed is None else seed, skip_corrupt),
-        io=io or settings.io, eval_dir=eval_dir, eval_count=eval_count,
-        onnx_activation_type=onnx_activation or settings.onnx_activation_type,
-        onnx_calibration_method=onnx_method or settings.onnx_calibration_method,
-        target_accuracy=target_accuracy, rewrite_hard_swish=rewrite_hard_swish)
-    if target_accuracy:
-        from edge_mobilenet.convert.accuracy_aware import parse_target
-
-        parse_target(target_accuracy)
-    run_quantize(requests, settings)
+    overrides = dict(calibration=calibration, count=count, seed=seed, skip_corrupt=skip_corrupt or None,
+                     formats=formats, io=io, eval_dir=eval_dir, eval_count=eval_count,
+                     onnx_activation_type=onnx_activation, onnx_calibration_method=onnx_method,
+                     target_accuracy=target_accuracy, rewrite_hard_swish=rewrite_hard_swish,
+                     output_dir=output, progress=False if quiet else None)
+    run_quantize(models_, recipe, overrides, (alpha, size, classes))
 
 
 @main.command("quant-report")
@@ -203,47 +203,14 @@ def quantize(models_, recipe, calibration, count, seed, skip_corrupt, formats, i
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report.")
 def quant_report(artifact, float_path, calibration, count, seed, debug_count, output, as_json):
     """Per-layer error of an int8 ARTIFACT against its float model, worst first (table, JSON, PNG)."""
-    from pathlib import Path
+    from edge_mobilenet.convert.quant.report import run_quant_report, table
 
-    from edge_mobilenet.convert.formats import FORMATS
-    from edge_mobilenet.convert.quant_debug import layer_errors
-    from edge_mobilenet.convert.recipe import load_float_model
-    from edge_mobilenet.data.calibration import CalibrationSource, load_calibration
-    from edge_mobilenet.report import quant_report as qr
-
-    artifact = Path(artifact)
-    if not artifact.is_file():
-        raise EdgeError(f"{artifact}: artifact does not exist")
-    if artifact.suffix not in (".tflite", ".onnx"):
-        raise EdgeError(f"{artifact}: quant-report reads int8 .tflite or QDQ .onnx artifacts")
-    recorded_entry = qr.manifest_entry(artifact) or {}
-    recorded = recorded_entry.get("calibration") or {}
-    recorded_rewrite = (recorded_entry.get("hard_swish_rewrite") or {"enabled": True}).get("enabled", True)
-    source = CalibrationSource(calibration or recorded.get("folder") or "calibration_data/digits",
-                               count or recorded.get("count") or 200,
-                               recorded.get("seed", 0) if seed is None else seed)
-    float_model = load_float_model(float_path, output_dir=Path(output))
-    qr.check_artifact_matches(artifact, float_model.model)
-    images = load_calibration(source, float_model.size, float_model.preprocessing)
-    inputs = images.inputs(float_model.preprocessing)
-    float_model.apply_hard_swish_rewrite(recorded_rewrite, inputs[:8])  # as the artifact was made
-    int8 = FORMATS["int8" if artifact.suffix == ".tflite" else "onnx-int8"]
-    layers = [l.name for l in float_model.model_for(int8).layers]
-    if artifact.suffix == ".tflite":
-        rows = layer_errors(float_model.saved_model_dir(int8), inputs, inputs[:debug_count], set(layers))
-    else:
-        from edge_mobilenet.convert.onnx_debug import onnx_layer_errors
-
-        rows = onnx_layer_errors(float_model.float_onnx(int8), artifact, inputs[:debug_count],
-                                 layer_names=layers)
-    float_model.close()
-    model_order = sorted(rows, key=lambda r: layers.index(r.layer) if r.layer in layers else len(layers))
-    report = qr.write_report(rows, model_order, artifact, Path(output),
-                             {"float_model": str(float_path), "calibration": images.record()})
+    report = run_quant_report(artifact, float_path, calibration=calibration, count=count, seed=seed,
+                              debug_count=debug_count, output=output)
     if as_json:
         click.echo(json.dumps(report))
         return
-    click.echo(qr.table(report["layers"]))
+    click.echo(table(report["layers"]))
     click.echo(f"\nwrote {report['files'][0]} and {report['files'][1]}")
 
 

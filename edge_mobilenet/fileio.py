@@ -59,3 +59,77 @@ def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
         for chunk in iter(lambda: handle.read(chunk_bytes), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def read_json(path: str | os.PathLike, what: str, hint: str = ""):
+    """The JSON value in ``path``; one-line EdgeError naming the file (missing, not UTF-8, empty, not JSON)."""
+    return _parse(Path(path), what, hint, "JSON", json.loads, json.JSONDecodeError)
+
+
+def read_toml(path: str | os.PathLike, what: str, hint: str = "") -> dict:
+    """The TOML table in ``path``; one-line EdgeError naming the file when it can't be read."""
+    import sys
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    return _parse(Path(path), what, hint, "TOML", tomllib.loads, tomllib.TOMLDecodeError)
+
+
+def _parse(path: Path, what: str, hint: str, kind: str, parse, decode_error):
+    from edge_mobilenet.errors import EdgeError
+
+    suffix = f" {hint}" if hint else ""
+    if path.is_dir():
+        raise EdgeError(f"{path}: is a folder, not a {what}{suffix}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise EdgeError(f"{path}: {what} does not exist{suffix}") from None
+    except UnicodeDecodeError:
+        raise EdgeError(f"{path}: not a {what} (not UTF-8 text)") from None
+    except OSError as error:
+        raise EdgeError(f"{path}: cannot read the {what} ({error.strerror or error})") from None
+    if not text.strip():
+        raise EdgeError(f"{path}: the {what} is empty")
+    try:
+        return parse(text)
+    except decode_error as error:
+        where = f" at line {error.lineno}" if getattr(error, "lineno", None) else ""
+        message = getattr(error, "msg", None) or str(error).splitlines()[0]
+        raise EdgeError(f"{path}: not valid {kind} ({message}{where})") from None
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends: what it does (rename a file, record it) happens
+    whole or not at all. Only in the main thread (elsewhere signals are not delivered anyway)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@contextlib.contextmanager
+def locked(path: str | os.PathLike) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (created if missing) for a read-modify-write by several
+    processes at once; released when the block ends or the process dies."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

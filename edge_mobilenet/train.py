@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_mobilenet.errors import EdgeError
+from edge_mobilenet.data.datasets import dataset_crop_fraction, dataset_description, load_dataset
 from edge_mobilenet.fileio import atomic_path, write_json_atomic
 
 SCRATCH_BN_MOMENTUM = 0.9
@@ -36,34 +37,6 @@ class TrainSettings:
     output_dir: str = "build/models"
     progress: bool = True
     name: str | None = None  # output file stem; default derived from model/alpha/size
-
-
-def dataset_description(settings: TrainSettings) -> dict:
-    """How to rebuild the exact train/validation split (stored in the metrics JSON)."""
-    return {"source": settings.data_dir or "sklearn-digits", "size": settings.size,
-            "validation_split": settings.validation_split, "seed": settings.seed}
-
-
-def dataset_crop_fraction(description: dict, preprocessing) -> float:
-    """Digits are whole 8x8 images resized as they are; photo folders are centre-cropped."""
-    return 1.0 if description["source"] == "sklearn-digits" else preprocessing.crop_fraction
-
-
-def load_dataset(description: dict, *, crop_fraction: float = 0.875, progress: bool = False):
-    """Rebuild (images, train indices, validation indices) from :func:`dataset_description`."""
-    from edge_mobilenet.data.images import load_digits, load_folder, stratified_split
-
-    size = (description["size"], description["size"])
-    if description["source"] == "sklearn-digits":
-        images = load_digits(size)
-    else:
-        images = load_folder(description["source"], size, crop_fraction=crop_fraction,
-                             progress=progress, require_labels=True)
-    if len(images.class_names) < 2:
-        raise EdgeError(f"{description['source']}: training needs at least 2 classes")
-    train_idx, val_idx = stratified_split(images.labels, description["validation_split"],
-                                          description["seed"])
-    return images, train_idx, val_idx
 
 
 def _progress_callback(epochs: int, enabled: bool):

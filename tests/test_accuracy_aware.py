@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_mobilenet.convert.accuracy_aware import AccuracyTarget, parse_target, search
+from edge_mobilenet.contracts.manifest import read_manifest
+from edge_mobilenet.convert.quant.accuracy_aware import search
+from edge_mobilenet.convert.settings import AccuracyTarget, parse_target
 from edge_mobilenet.errors import EdgeError
 from edge_mobilenet.train import TrainSettings, train_model
 
@@ -64,10 +66,10 @@ def test_target_reaching_float_keeps_layers_in_float(trained, tmp_path):
     """0pt: int8 must be as accurate as float; the search keeps sensitive layers in float as needed."""
     _cli("quantize", "--quiet", "--model", trained, "--formats", "int8", "--count", 64,
          "--target-accuracy", "0pt", "--output", tmp_path)
-    entry = json.loads((tmp_path / "manifest.json").read_text())["artifacts"][0]
-    record = entry["recipe"]["accuracy_aware"]
+    entry = read_manifest(tmp_path).entries[0]
+    record = entry.facts["recipe"]["accuracy_aware"]
     assert record["met"] and record["top1"] >= record["float_top1"]
-    assert entry["validation"]["top1"] == pytest.approx(record["top1"], abs=1e-4)
+    assert entry.validation.metrics["top1"] == pytest.approx(record["top1"], abs=1e-4)
     if record["full_int8_top1"] < record["float_top1"]:
         assert record["float_layers"], "a missed target must have moved layers to float"
     assert set(record["latency_ms_p50_local"]) == {"full_int8", "selective"}
@@ -99,11 +101,11 @@ def test_onnx_target_keeps_convolutions_out_of_qdq(trained, tmp_path):
 
     _cli("quantize", "--quiet", "--model", trained, "--formats", "onnx-int8", "--count", 64,
          "--target-accuracy", "0pt", "--output", tmp_path)
-    entry = json.loads((tmp_path / "manifest.json").read_text())["artifacts"][0]
-    record = entry["recipe"]["accuracy_aware"]
+    entry = read_manifest(tmp_path).entries[0]
+    record = entry.facts["recipe"]["accuracy_aware"]
     assert record["applied"] and record["met"] and record["top1"] >= record["float_top1"]
-    assert entry["recipe"]["nodes_to_exclude"] == record["float_nodes"]
-    graph = onnx.load(str(tmp_path / entry["file"])).graph
+    assert entry.facts["recipe"]["nodes_to_exclude"] == record["float_nodes"]
+    graph = onnx.load(str(tmp_path / entry.file)).graph
     producers = {out: node.op_type for node in graph.node for out in node.output}
     for name in record["float_nodes"]:
         node = next(n for n in graph.node if n.name == name)
@@ -138,3 +140,17 @@ def test_target_needs_labelled_images_that_match_the_model(trained, tmp_path):
     result = _cli("quantize", "--quiet", "--model", trained, "--formats", "int8", "--count", 8, "--eval", many,
                   "--target-accuracy", "99%", "--output", tmp_path / "b", check=False)
     assert result.returncode != 0 and "12 classes" in result.stderr and "outputs 10" in result.stderr
+
+
+def test_one_target_one_cache_key():
+    """The target is parsed once at the edge: "99%" and "99.0%" are one target and one artifact."""
+    from edge_mobilenet.contracts.formats import FORMATS
+    from edge_mobilenet.convert.pipeline import cache_key
+    from edge_mobilenet.convert.settings import QuantizeSettings, merge
+
+    keys = {cache_key("s", None, FORMATS["int8"], merge(QuantizeSettings(), {"target_accuracy": text}), "c")
+            for text in ("99%", "99.0%", " 99 %")}
+    assert len(keys) == 1 and parse_target("99.0%").text == "99%"
+    plain = cache_key("s", None, FORMATS["fp32"], QuantizeSettings(), "c")
+    assert plain == cache_key("s", None, FORMATS["fp32"], merge(QuantizeSettings(), {"target_accuracy": "99%",
+                                                                                     "io": "uint8"}), "c")

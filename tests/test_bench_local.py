@@ -7,8 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from edge_mobilenet.bench import device_runner
+from edge_mobilenet.runtimes import device_runner
 from edge_mobilenet.bench.harness import parse_benchmark_model
+from edge_mobilenet.fileio import sha256_file
 
 QUICK = ["--quick", "--min-runs", "5", "--eval-count", "40"]
 
@@ -77,10 +78,19 @@ def test_a_failing_artifact_keeps_what_was_measured(bench_artifacts, tmp_path, r
 
     folder = tmp_path / "artifacts"
     shutil.copytree(bench_artifacts, folder)
-    (folder / "mobilenet_v1_0.25_32.int8.tflite").write_bytes(b"TFL3 corrupted" * 100)
+    broken = folder / "mobilenet_v1_0.25_32.int8.tflite"
+    broken.write_bytes(b"TFL3 corrupted" * 100)
     results = tmp_path / "r.json"
+    # a swapped file is refused before anything runs: its bytes are not the manifest's
+    swapped = run_cli("bench", folder, *QUICK, "--output", results)
+    assert swapped.returncode == 2 and "sha256 differs" in swapped.stderr and not results.exists()
+    # recorded as it is (a broken conversion): it fails on the device, the others are kept
+    manifest = json.loads((folder / "manifest.json").read_text())
+    entry = next(e for e in manifest["artifacts"] if e["file"] == broken.name)
+    entry.update(sha256=sha256_file(broken), size_bytes=broken.stat().st_size)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
     result = run_cli("bench", folder, *QUICK, "--output", results)
-    assert result.returncode == 1 and "1 failed" in result.stderr
+    assert result.returncode == 1 and "1 failed" in result.stderr and "last failure" in result.stderr
     runs = {r["format"]: r for r in json.loads(results.read_text())["runs"]}
     assert runs["int8"]["status"] == "failed" and "load_failed" in runs["int8"]["error"]
     assert all(runs[f]["status"] == "ok" for f in ("fp32", "onnx", "onnx-int8"))

@@ -40,7 +40,8 @@ def _v3(name: str, form: str, activation: str | None = None):
 
 
 def _int8(model):
-    from edge_mobilenet.convert.tflite import convert_keras, make_interpreter
+    from edge_mobilenet.convert.tflite import convert_keras
+    from edge_mobilenet.runtimes.tflite import make_interpreter
 
     flatbuffer = convert_keras(model, ["int8"], _batch(16, seed=2))["int8"][0]
     return flatbuffer, make_interpreter(flatbuffer)
@@ -75,7 +76,7 @@ def test_decomposed_equals_fused_in_float(name, tmp_path):
 
 
 def test_decomposed_int8_is_one_xnnpack_partition():
-    from edge_mobilenet.convert.delegation import delegation_stats
+    from edge_mobilenet.runtimes.delegation import delegation_stats
 
     model = _v3("mobilenet_v3_small", "decomposed", "softmax")
     _calibrate_bn(model, _batch())
@@ -89,7 +90,7 @@ def test_decomposed_int8_is_one_xnnpack_partition():
 
 
 def test_stock_int8_is_split_at_every_hard_swish(fused_small):
-    from edge_mobilenet.convert.delegation import delegation_stats
+    from edge_mobilenet.runtimes.delegation import delegation_stats
 
     _, interpreter = _int8(fused_small)
     stats = delegation_stats(interpreter)
@@ -102,7 +103,7 @@ def test_stock_int8_is_split_at_every_hard_swish(fused_small):
 def test_rewrite_of_fused_model_matches_and_is_delegated_whole(fused_small, tmp_path):
     import keras
 
-    from edge_mobilenet.convert.delegation import delegation_stats
+    from edge_mobilenet.runtimes.delegation import delegation_stats
     from edge_mobilenet.convert.rewrite import rewrite_hard_swish
 
     rewritten, report = rewrite_hard_swish(fused_small)

@@ -7,8 +7,9 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from edge_mobilenet.convert.onnx_convert import OnnxQuantOptions, convert_onnx, quantize_onnx, run_onnx
-from edge_mobilenet.convert.onnx_debug import OnnxSelectiveQuantizer, onnx_layer_errors, run_onnx_bytes
+from edge_mobilenet.convert.onnx_convert import OnnxQuantOptions, convert_onnx, quantize_onnx
+from edge_mobilenet.runtimes.onnx import run_onnx
+from edge_mobilenet.convert.quant.onnx_debug import OnnxSelectiveQuantizer, onnx_layer_errors
 from edge_mobilenet.errors import EdgeError
 
 
@@ -68,7 +69,7 @@ def test_excluding_the_worst_conv_keeps_it_in_float(models):
     assert {weight_of(node) for node in convs.values()} == {"DequantizeLinear"}
     assert quantizer.facts["op_counts"]["DequantizeLinear"] < _op_count(models["qdq"], "DequantizeLinear")
     images = models["images"][:64]
-    selective = run_onnx_bytes(model.SerializeToString(), images)
+    selective = run_onnx(model.SerializeToString(), images)
     reference = run_onnx(models["float"], images)
     assert selective.shape == reference.shape and np.all(np.isfinite(selective))
     assert np.mean(selective.argmax(1) == reference.argmax(1)) > 0.9

@@ -1,6 +1,5 @@
 """edge-bench quantize: real TFLite conversion and LiteRT inference of a trained tiny model."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from edge_mobilenet.contracts.manifest import read_manifest
 from edge_mobilenet.train import TrainSettings, train_model
 
 TFLITE_FORMATS = "fp32,fp16,dynamic,int8"
@@ -37,40 +37,43 @@ def _quantize(*args, check=True):
     return result
 
 
+def _entries(folder):
+    return {e.format: e for e in read_manifest(folder).entries}
+
+
 def test_manifest_describes_every_artifact(artifacts, trained):
-    manifest = json.loads((artifacts / "manifest.json").read_text())
-    entries = {e["format"]: e for e in manifest["artifacts"]}
+    entries = _entries(artifacts)
     assert set(entries) == set(TFLITE_FORMATS.split(","))
     import hashlib
 
     for entry in entries.values():
-        data = (artifacts / entry["file"]).read_bytes()
-        assert hashlib.sha256(data).hexdigest() == entry["sha256"] and len(data) == entry["size_bytes"]
-        assert entry["source"]["sha256"] == hashlib.sha256(trained.read_bytes()).hexdigest()
-        assert entry["input"]["shape"] == [1, 32, 32, 3]
-        assert entry["input"]["preprocessing"]["name"] == "symmetric"
-        assert entry["params"] > 0 and entry["macs"] > 0
-        assert "tensorflow-cpu" in entry["tool_versions"] or "tensorflow" in entry["tool_versions"]
+        data = (artifacts / entry.file).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry.sha256 and len(data) == entry.size_bytes
+        assert entry.source_sha256 == hashlib.sha256(trained.read_bytes()).hexdigest()
+        assert entry.input.shape == (1, 32, 32, 3) and entry.task == "classification"
+        assert entry.preprocessing["name"] == "symmetric"
+        assert entry.params > 0 and entry.macs > 0 and entry.num_classes == 10 and entry.label_offset == 0
+        assert "tensorflow-cpu" in entry.facts["tool_versions"] or "tensorflow" in entry.facts["tool_versions"]
+        assert set(entry.validation.metrics) == {"top1", "top5"}
     int8 = entries["int8"]
-    assert int8["input"]["dtype"] == "int8" and int8["output"]["dtype"] == "int8"
-    assert int8["input"]["scale"] == pytest.approx(1 / 127.5, rel=1e-3)
-    assert int8["calibration"]["count"] == 100 and len(int8["calibration"]["sha256"]) == 64
-    assert int8["validation"]["top1_agreement_with_float"] >= 0.9
-    assert entries["fp32"]["validation"]["top1_agreement_with_float"] == 1.0
+    assert int8.input.dtype == "int8" and int8.output.dtype == "int8"
+    assert int8.input.scale == pytest.approx(1 / 127.5, rel=1e-3)
+    assert int8.calibration.count == 100 and len(int8.calibration.sha256) == 64
+    assert int8.validation.agreement_with_float >= 0.9
+    assert entries["fp32"].validation.agreement_with_float == 1.0
     # int8 file is about a quarter of float32
-    assert entries["int8"]["size_bytes"] < 0.45 * entries["fp32"]["size_bytes"]
+    assert entries["int8"].size_bytes < 0.45 * entries["fp32"].size_bytes
 
 
 def test_int8_artifact_runs_in_litert_like_the_manifest_says(artifacts):
     from ai_edge_litert.interpreter import Interpreter
 
-    manifest = json.loads((artifacts / "manifest.json").read_text())
-    entry = next(e for e in manifest["artifacts"] if e["format"] == "int8")
-    interpreter = Interpreter(model_path=str(artifacts / entry["file"]))
+    entry = _entries(artifacts)["int8"]
+    interpreter = Interpreter(model_path=str(artifacts / entry.file))
     interpreter.allocate_tensors()
     detail = interpreter.get_input_details()[0]
     assert detail["dtype"] == np.int8
-    assert detail["quantization"][0] == pytest.approx(entry["input"]["scale"])
+    assert detail["quantization"][0] == pytest.approx(entry.input.scale)
     assert list(detail["shape"]) == [1, 32, 32, 3]  # batch fixed at 1
 
 
@@ -92,8 +95,8 @@ def test_changed_calibration_rebuilds_only_calibrated_formats(artifacts, trained
 
 def test_uint8_io_option(trained, tmp_path):
     _quantize("--model", trained, "--formats", "int8", "--io", "uint8", "--count", 30, "--output", tmp_path)
-    entry = json.loads((tmp_path / "manifest.json").read_text())["artifacts"][0]
-    assert entry["input"]["dtype"] == "uint8" and entry["recipe"]["io"] == "uint8"
+    entry = _entries(tmp_path)["int8"]
+    assert entry.input.dtype == "uint8" and entry.facts["recipe"]["io"] == "uint8"
 
 
 def test_corrupt_calibration_image_fails_or_is_skipped_and_counted(trained, tmp_path):
@@ -108,8 +111,8 @@ def test_corrupt_calibration_image_fails_or_is_skipped_and_counted(trained, tmp_
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.tflite"))
     _quantize("--model", trained, "--formats", "int8", "--calibration", calibration, "--skip-corrupt",
               "--output", tmp_path / "out")
-    entry = json.loads((tmp_path / "out" / "manifest.json").read_text())["artifacts"][0]
-    assert entry["calibration"]["count"] == 5 and entry["calibration"]["skipped_corrupt"][0].endswith("bad.jpg")
+    entry = _entries(tmp_path / "out")["int8"]
+    assert entry.calibration.count == 5 and entry.calibration.skipped_corrupt[0].endswith("bad.jpg")
 
 
 def _bad_keras_file(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 import json
 import re
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from edge_mobilenet.cli import _Group
+from edge_mobilenet.contracts.records import RunRecord
 from edge_mobilenet.errors import EdgeError
 from edge_mobilenet.report import results as res
 from edge_mobilenet.report.commands import compare as compare_command
@@ -49,7 +51,7 @@ def _run(fmt, p50_ms, top1=None, delta=None, device="board", emulated=False, sta
         run["warnings"].append("EMULATED device: results are real ARM results, latencies are meaningless")
     if status != "ok":
         run.update(latency=None, accuracy=None, runtime=None, valid=False, error="load_failed: boom")
-    return run
+    return RunRecord(**{**run, "warnings": tuple(run["warnings"])})
 
 
 def _runs():
@@ -63,7 +65,8 @@ def _runs():
 
 
 def _write(path, runs):
-    path.write_text(json.dumps({"schema": 1, "runs": runs}))
+    path.write_text(json.dumps({"schema": 1, "runs": [r.to_json() if isinstance(r, RunRecord) else r
+                                                      for r in runs]}))
     return path
 
 
@@ -85,7 +88,7 @@ def cli_group():
 
 
 def _rows(path):
-    return {(r.run["device_name"], r.run["format"]): r for r in res.analyse(res.load_results(path)) if r.latest}
+    return {(r.run.device_name, r.run.format): r for r in res.analyse(res.load_results(path)) if r.latest}
 
 
 def test_speed_up_gmacs_and_delta_top1(results):
@@ -95,12 +98,12 @@ def test_speed_up_gmacs_and_delta_top1(results):
     assert rows[("board", "fp32")].gmac_per_s == pytest.approx(30.0)  # 3e8 MACs in 10 ms
     assert rows[("board", "int8")].gmac_per_s == pytest.approx(75.0)
     assert rows[("board", "onnx-int8")].speed_up_vs_float == pytest.approx(2.0)  # vs the ONNX float run
-    assert rows[("board", "onnx-int8")].baseline["format"] == "onnx"
+    assert rows[("board", "onnx-int8")].baseline.format == "onnx"
     assert rows[("board", "int8")].delta_top1_vs_float_pt == pytest.approx(-1.0)  # stored by bench
     assert rows[("pi", "int8")].delta_top1_vs_float_pt == pytest.approx(-2.0)  # computed from the fp32 run
     assert rows[("board", "onnx-int8")].delta_top1_vs_float_pt is None
     fallback = rows[("pi", "onnx-int8")]
-    assert fallback.baseline["format"] == "fp32" and fallback.speed_up_vs_float == pytest.approx(3.0)
+    assert fallback.baseline.format == "fp32" and fallback.speed_up_vs_float == pytest.approx(3.0)
     assert fallback.baseline_note == "vs TFLite fp32: no onnx run"
     assert rows[("board", "dynamic")].speed_up_vs_float is None and rows[("board", "dynamic")].baseline is None
 
@@ -152,9 +155,9 @@ def _regressed(results, tmp_path, change):
 
 def test_compare_flags_p50_regression_by_threshold(results, tmp_path):
     def slower(runs):
-        runs[2]["latency"]["p50_ms"] = 4.8  # board int8: 20 % slower
-        runs[7]["latency"]["p50_ms"] = 900.0  # pi int8 much slower, but emulated (and throttled)
-        runs[8]["latency"]["p50_ms"] = 600.0  # pi onnx-int8: emulated
+        runs[2].latency["p50_ms"] = 4.8  # board int8: 20 % slower
+        runs[7].latency["p50_ms"] = 900.0  # pi int8 much slower, but emulated (and throttled)
+        runs[8].latency["p50_ms"] = 600.0  # pi onnx-int8: emulated
     newer = _regressed(results, tmp_path, slower)
     text, regressed = compare(results, newer, ["p50:10%"])
     assert regressed
@@ -169,9 +172,9 @@ def test_compare_flags_p50_regression_by_threshold(results, tmp_path):
 
 def test_compare_accuracy_failure_and_unmatched(results, tmp_path):
     def worse(runs):
-        runs[1]["accuracy"]["top1"] = 0.89  # board fp32: -1 point
-        runs[3]["accuracy"].update(top1=0.80, images=50)  # board onnx: other image set, not checked
-        runs[4].update(status="failed", error="runner_failed: killed")
+        runs[1].accuracy["top1"] = 0.89  # board fp32: -1 point
+        runs[3].accuracy.update(top1=0.80, images=50)  # board onnx: other image set, not checked
+        runs[4] = replace(runs[4], status="failed", error="runner_failed: killed")
         del runs[6]  # pi fp32 gone
         runs.append(_run("fp32", 10.0, 0.9, device="pc"))
     newer = _regressed(results, tmp_path, worse)
@@ -188,7 +191,7 @@ def test_compare_accuracy_failure_and_unmatched(results, tmp_path):
 
 
 def test_compare_command_exit_status(results, tmp_path, cli_group):
-    newer = _regressed(results, tmp_path, lambda runs: runs[2]["latency"].update(p50_ms=4.8))
+    newer = _regressed(results, tmp_path, lambda runs: runs[2].latency.update(p50_ms=4.8))
     outcome = CliRunner().invoke(cli_group, ["compare", str(results), str(newer), "--fail-on", "p50:10%"])
     assert outcome.exit_code == 1 and "REGRESSION: p50 +20.0% > 10%" in outcome.output
     outcome = CliRunner().invoke(cli_group, ["compare", str(results), str(newer), "--fail-on", "p50:30%",
@@ -202,11 +205,21 @@ def test_compare_command_exit_status(results, tmp_path, cli_group):
 
 @pytest.mark.parametrize("content,message", [
     (None, "results file does not exist"), ("{", "not valid JSON (Expecting property name"),
-    ("[]", "not an edge-bench results file"), ('{"runs": [{"status": "ok"}]}', "run 0 is not a benchmark run"),
+    ("[]", "not an edge-bench results file"), ('{"runs": [{"status": "ok"}]}', "runs[0].artifact is missing"),
+    ("", "the results file is empty"), (b"\xff\xfe{}", "not a results file (not UTF-8 text)"),
+    ('{"runs": "x"}', "runs must be a list, not a string 'x'"),
+    ('{"runs": [{"status": "ok", "artifact": "a", "format": "fp32", "runtime_kind": "tflite", '
+     '"device_name": "d", "latency": "fast"}]}', "runs[0].latency must be an object or null, not a string"),
+    ('{"runs": [{"status": "failed", "artifact": "a", "format": "fp32", "runtime_kind": "tflite", '
+     '"device_name": "d", "settings": "x"}]}', "runs[0].settings must be an object, not a string"),
+    ('{"runs": [{"status": "done", "artifact": "a", "format": "fp32", "runtime_kind": "tflite", '
+     '"device_name": "d"}]}', "runs[0].status is 'done', not one of ok, failed"),
 ])
 def test_bad_results_files(tmp_path, cli_group, content, message):
     path = tmp_path / "r.json"
-    if content is not None:
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
         path.write_text(content)
     with pytest.raises(EdgeError, match="^" + re.escape(f"{path}: {message}")):
         res.load_results(path)

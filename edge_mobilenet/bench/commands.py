@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
 
 import click
 
@@ -35,37 +34,25 @@ import click
 @click.option("--warmup-seconds", type=float, default=None, help="[0.5]")
 @click.option("--timeout", "timeout_s", type=float, default=None, help="Seconds per artifact on the device [600].")
 @click.option("--output", default=None, help="Results JSON, appended per artifact [build/results/DEVICE.json].")
+@click.option("--preprocessing", default=None, type=click.Choice(["symmetric", "raw", "unit"]),
+              help="Input scaling of bare .tflite/.onnx files without a manifest [symmetric: (x-127.5)/127.5].")
+@click.option("--mean", type=float, default=None, help="Bare artifacts: (pixel - mean) / std.")
+@click.option("--std", type=float, default=None, help="Bare artifacts: (pixel - mean) / std.")
 def bench(artifacts, device, host, user, port, identity, ssh_config, serial, adb, python_, runtime, threads,
           cpus, benchmark_binary, eval_dir, eval_count, quick, min_runs, min_seconds, max_seconds,
-          warmup_runs, warmup_seconds, timeout_s, output):
+          warmup_runs, warmup_seconds, timeout_s, output, preprocessing, mean, std):
     """Run ARTIFACTS (folders with a manifest, manifests, .tflite/.onnx files) on a device.
 
     Default ARTIFACTS: build/artifacts. Exit status 1 if any artifact failed.
     """
-    from edge_mobilenet.bench.devices import load_profile, make_transport, with_overrides
-    from edge_mobilenet.bench.harness import QUICK, BenchSettings, ResultsFile, bench as run_bench
-    from edge_mobilenet.bench.harness import resolve_artifacts
+    from edge_mobilenet.bench.harness import run_bench_command
 
-    profile = with_overrides(load_profile(device), host=host, user=user, port=port, identity=identity,
-                             ssh_config=ssh_config, serial=serial, adb=adb, python=python_, runtime=runtime,
-                             threads=threads, cpus=cpus, benchmark_binary=benchmark_binary)
-    settings = BenchSettings(threads=profile.threads, runtime=profile.runtime, cpus=profile.cpus,
-                             eval_dir=eval_dir, benchmark_binary=profile.benchmark_binary)
-    if quick:
-        settings = replace(settings, **QUICK)
-    overrides = dict(min_runs=min_runs, min_seconds=min_seconds, max_seconds=max_seconds,
+    profile = dict(host=host, user=user, port=port, identity=identity, ssh_config=ssh_config, serial=serial,
+                   adb=adb, python=python_, runtime=runtime, threads=threads, cpus=cpus,
+                   benchmark_binary=benchmark_binary)
+    overrides = dict(min_runs=min_runs, min_seconds=min_seconds, max_seconds=max_seconds, eval_dir=eval_dir,
                      warmup_runs=warmup_runs, warmup_seconds=warmup_seconds, timeout_s=timeout_s,
                      eval_count=eval_count)
-    settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
-    found = resolve_artifacts(list(artifacts) or ["build/artifacts"])
-    results = ResultsFile(output or f"build/results/{profile.name}.json")
-    transport = make_transport(profile)
-    click.echo(f"{len(found)} artifact(s) on {profile.name} ({transport.describe()}), "
-               f"{settings.threads} thread(s); results -> {results.path}", err=True)
-    records = run_bench(found, transport, profile.name, settings, results)
-    warnings = sorted({w for r in records for w in r["warnings"] if not w.startswith("graph split")})
-    for warning in warnings:
-        click.echo(f"warning: {warning}", err=True)
-    failed = [r for r in records if r["status"] != "ok"]
-    click.echo(f"{len(records) - len(failed)} ok, {len(failed)} failed; results in {results.path}", err=True)
+    failed = run_bench_command(list(artifacts) or ["build/artifacts"], device, profile, overrides, quick=quick,
+                               output=output, preprocessing=(preprocessing, mean, std), echo=click.echo)
     sys.exit(1 if failed else 0)

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-from dataclasses import dataclass, fields, replace
+import difflib
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from edge_mobilenet.contracts.records import Where, check
 from edge_mobilenet.errors import EdgeError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from edge_mobilenet.fileio import read_toml
 
 PROFILE_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "devices"
 TRANSPORTS = ("local", "ssh", "adb")
@@ -36,21 +33,29 @@ class DeviceProfile:
     description: str = ""
 
 
+# Each profile key and the TOML types it takes.
+PROFILE_TYPES = {"transport": (str,), "host": (str,), "user": (str,), "port": (int,), "identity": (str,),
+                 "ssh_config": (str,), "serial": (str,), "adb": (str,), "python": (str,), "runtime": (str,),
+                 "threads": (int,), "cpus": (str,), "benchmark_binary": (str,), "description": (str,)}
+
+
 def load_profile(name: str, profile_dir: Path = PROFILE_DIR) -> DeviceProfile:
     """A profile by name (``pi``) or path (``my-board.toml``); unknown keys are an error."""
     path = Path(name) if name.endswith(".toml") else profile_dir / f"{name}.toml"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in profile_dir.glob("*.toml")))
         raise EdgeError(f"{path}: no such device profile (known: {known})")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as error:
-        raise EdgeError(f"{path}: not valid TOML ({error})") from None
-    allowed = {f.name for f in fields(DeviceProfile)} - {"name"}
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise EdgeError(f"{path}: unknown setting {unknown[0]!r} (known: {', '.join(sorted(allowed))})")
+    data = read_toml(path, "device profile")
+    where = Where(path)
+    for key, value in data.items():
+        if key not in PROFILE_TYPES:
+            close = difflib.get_close_matches(key, list(PROFILE_TYPES), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(sorted(PROFILE_TYPES))}"
+            raise EdgeError(f"{path}: unknown setting {key!r} ({hint})")
+        check(value, where / key, PROFILE_TYPES[key])
     data = {k: (None if v == "" else v) for k, v in data.items()}
+    if (data.get("threads") or 1) < 1:
+        raise (where / "threads").fail(f"must be >= 1; received {data['threads']}")
     profile = DeviceProfile(name=path.stem, **data)
     if profile.transport not in TRANSPORTS:
         raise EdgeError(f"{path}: transport must be one of {', '.join(TRANSPORTS)}. "

@@ -14,6 +14,7 @@ import base64
 import datetime as _dt
 import io
 import json
+import math
 import shlex
 import subprocess
 import sys
@@ -23,11 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_mobilenet.bench import device_runner
+from edge_mobilenet.bench.artifacts import Artifact
 from edge_mobilenet.bench.transports import AdbTransport, Transport
-from edge_mobilenet.convert.formats import format_of_file
+from edge_mobilenet.contracts.records import ArtifactEntry, RunRecord
+from edge_mobilenet.contracts.results import ResultsFile
 from edge_mobilenet.errors import EdgeError
-from edge_mobilenet.fileio import sha256_file, write_json_atomic
+from edge_mobilenet.runtimes import device_runner
 
 RUNNER_FILE = Path(device_runner.__file__)
 
@@ -47,6 +49,30 @@ class BenchSettings:
     eval_count: int = 200
     benchmark_binary: str | None = None
 
+    def __post_init__(self):
+        """Checked on the host before any device time."""
+        if self.threads < 1:
+            raise EdgeError(f"--threads must be >= 1; received {self.threads}")
+        for name in ("warmup_runs", "min_runs"):
+            if getattr(self, name) < 0:
+                raise EdgeError(f"--{name.replace('_', '-')} must be >= 0; received {getattr(self, name)}")
+        for name in ("warmup_seconds", "min_seconds", "max_seconds", "timeout_s"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                flag = "--timeout" if name == "timeout_s" else f"--{name.replace('_', '-')}"
+                raise EdgeError(f"{flag} must be a finite number >= 0; received {value}")
+        if self.max_seconds < self.min_seconds:
+            raise EdgeError(f"--max-seconds ({self.max_seconds}) is below --min-seconds ({self.min_seconds})")
+        if self.timeout_s <= self.max_seconds + self.warmup_seconds:
+            raise EdgeError(f"--timeout ({self.timeout_s} s) must exceed --max-seconds + --warmup-seconds")
+        if self.eval_count < 1:
+            raise EdgeError(f"--eval-count must be >= 1; received {self.eval_count}")
+        if self.cpus is not None:
+            try:
+                device_runner._cpu_list(self.cpus)
+            except ValueError:
+                raise EdgeError(f"--cpus {self.cpus!r} is not a CPU list such as 0-3 or 4,5") from None
+
     def runner_args(self) -> list[str]:
         args = ["--threads", str(self.threads), "--runtime", self.runtime,
                 "--warmup-runs", str(self.warmup_runs), "--warmup-seconds", str(self.warmup_seconds),
@@ -58,133 +84,58 @@ class BenchSettings:
 QUICK = dict(warmup_runs=1, warmup_seconds=0.1, min_runs=10, min_seconds=0.2, max_seconds=10.0, eval_count=50)
 
 
-@dataclass
-class Artifact:
-    path: Path
-    entry: dict  # the manifest entry, or one inferred from the file
+def _eval_images(entry: ArtifactEntry, settings: BenchSettings, cache: dict):
+    """Labelled held-out images at the artifact's input size (``--eval`` or its training split), or None."""
+    from edge_mobilenet.data.datasets import load_eval_images
+
+    size = (int(entry.input.shape[1]), int(entry.input.shape[2]))
+    crop = entry.preprocessing.get("crop_fraction", 0.875)
+    key = (size, crop, settings.eval_dir, json.dumps(entry.dataset, sort_keys=True))
+    if key not in cache:
+        cache[key] = load_eval_images(size, crop, eval_dir=settings.eval_dir, count=settings.eval_count,
+                                      dataset=entry.dataset)
+    return cache[key]
 
 
-def _infer_entry(path: Path) -> dict:
-    """A manifest-like entry for a bare .tflite/.onnx: spec from the file, accuracy n/a."""
-    fmt = format_of_file(path.name)
-    runtime = "onnx" if path.suffix == ".onnx" else "tflite"
-    if runtime == "tflite":
-        from edge_mobilenet.convert.tflite import io_spec, make_interpreter
-
-        try:
-            in_spec, out_spec = io_spec(make_interpreter(path))
-        except (ValueError, RuntimeError) as error:
-            raise EdgeError(f"{path}: not a loadable TFLite model ({str(error).splitlines()[0][:120]})") from None
-    else:
-        from edge_mobilenet.convert.onnx_convert import onnx_io_spec
-
-        spec = onnx_io_spec(path)
-        in_spec, out_spec = spec["input"], spec["output"]
-    in_spec["preprocessing"] = {"name": "symmetric", "mean": 127.5, "std": 127.5, "crop_fraction": 0.875}
-    return {"file": path.name, "format": fmt.name if fmt else ("int8" if in_spec["scale"] else "fp32"),
-            "runtime": runtime, "baseline": fmt.baseline if fmt else "fp32", "sha256": sha256_file(path),
-            "size_bytes": path.stat().st_size, "source": {"sha256": None}, "trained_weights": False,
-            "input": in_spec, "output": out_spec, "params": None, "macs": None, "dataset": None}
-
-
-def resolve_artifacts(paths: list[str]) -> list[Artifact]:
-    """Folders (with a manifest.json), manifest files, or .tflite/.onnx files; baselines first."""
-    found: list[Artifact] = []
-    for text in paths:
-        path = Path(text)
-        if not path.exists():
-            raise EdgeError(f"{path}: does not exist")
-        manifest = path / "manifest.json" if path.is_dir() else (path if path.name == "manifest.json" else None)
-        if manifest is not None:
-            if not manifest.is_file():
-                raise EdgeError(f"{path}: folder has no manifest.json (run edge-bench quantize, or list files)")
-            data = json.loads(manifest.read_text())
-            found += [Artifact(manifest.parent / e["file"], e) for e in data.get("artifacts", [])]
-            continue
-        if path.suffix not in (".tflite", ".onnx"):
-            raise EdgeError(f"{path}: not a .tflite or .onnx artifact")
-        sibling = path.parent / "manifest.json"
-        entries = json.loads(sibling.read_text()).get("artifacts", []) if sibling.is_file() else []
-        entry = next((e for e in entries if e["file"] == path.name), None)
-        found.append(Artifact(path, entry or _infer_entry(path)))
-    for artifact in found:
-        if not artifact.path.is_file():
-            raise EdgeError(f"{artifact.path}: listed in the manifest but missing")
-    baseline_first = sorted(found, key=lambda a: (a.entry.get("source", {}).get("sha256") or "",
-                                                  a.entry["format"] != a.entry.get("baseline", "fp32"),
-                                                  a.entry["runtime"] != "tflite"))
-    return baseline_first
-
-
-def _eval_pixels(entry: dict, settings: BenchSettings, cache: dict):
-    """(uint8 pixels, labels or None, label offset) for the artifact's input size, or None."""
-    from edge_mobilenet.data.images import load_folder
-
-    shape = entry["input"]["shape"]
-    size = (int(shape[1]), int(shape[2]))
-    crop = entry["input"].get("preprocessing", {}).get("crop_fraction", 0.875)
-    dataset = entry.get("dataset")
-    key = (size, crop, settings.eval_dir, json.dumps(dataset, sort_keys=True))
-    if key in cache:
-        return cache[key]
-    result = None
-    if settings.eval_dir:
-        images = load_folder(settings.eval_dir, size, crop_fraction=crop)
-        images = images.subset(np.arange(min(len(images), settings.eval_count)))
-        labelled = images.class_names and (images.labels >= 0).all()
-        result = (images.pixels, images.labels if labelled else None, len(images.class_names))
-    elif dataset:
-        from edge_mobilenet.train import load_dataset
-
-        images, _, val_idx = load_dataset(dataset, crop_fraction=crop)
-        images = images.subset(val_idx[:settings.eval_count])
-        result = (images.pixels, images.labels, len(images.class_names))
-    cache[key] = result
-    return result
-
-
-def input_batch(entry: dict, pixels: np.ndarray | None) -> np.ndarray:
+def input_batch(entry: ArtifactEntry, pixels: np.ndarray | None) -> np.ndarray:
     """Preprocess (and quantize) pixels into the artifact's input type; one seeded image if none."""
-    from edge_mobilenet.convert.tflite import quantize_input
     from edge_mobilenet.data.preprocess import Preprocessing
+    from edge_mobilenet.runtimes.tflite import quantize_input
 
-    spec = entry["input"]
     if pixels is None:
-        shape = [1, *[int(d) for d in spec["shape"][1:]]]
+        shape = [1, *[int(d) for d in entry.input.shape[1:]]]
         pixels = np.random.default_rng(0).integers(0, 256, shape).astype(np.uint8)
-    preprocessing = Preprocessing(**spec["preprocessing"])
-    return quantize_input(preprocessing.apply(pixels), spec)
+    return quantize_input(Preprocessing(**entry.preprocessing).apply(pixels), entry.input)
 
 
-def decode_outputs(result: dict, entry: dict) -> np.ndarray | None:
+def decode_outputs(result: dict, entry: ArtifactEntry) -> np.ndarray | None:
     """Dequantized outputs [N, classes]; records the raw outputs' sha256 in ``result`` (to compare devices)."""
     import hashlib
 
-    from edge_mobilenet.convert.tflite import dequantize_output
+    from edge_mobilenet.runtimes.tflite import dequantize_output
 
     if "outputs_npz_b64" not in result:
         return None
     with np.load(io.BytesIO(base64.b64decode(result["outputs_npz_b64"]))) as data:
         outputs = data["outputs"]
     result["outputs_sha256"] = hashlib.sha256(np.ascontiguousarray(outputs).tobytes()).hexdigest()
-    return dequantize_output(outputs.reshape(len(outputs), -1), entry["output"])
+    return dequantize_output(outputs.reshape(len(outputs), -1), entry.output)
 
 
-def accuracy(outputs: np.ndarray, labels: np.ndarray | None, classes: int, trained: bool,
+def accuracy(outputs: np.ndarray | None, labels: np.ndarray | None, offset: int,
              baseline: np.ndarray | None) -> dict | None:
-    """top-1/top-5 (labels), agreement and output SNR vs the float baseline; None for random weights."""
-    if outputs is None or not trained or labels is None:
+    """Metrics against the labels (top-1/top-5), agreement and output SNR vs the float baseline."""
+    from edge_mobilenet.contracts import metrics
+
+    if outputs is None or labels is None:
         return None
-    offset = 1 if outputs.shape[1] == classes + 1 else 0
-    order = np.argsort(-outputs, axis=1)[:, :5] - offset
-    record = {"images": int(len(outputs)), "top1": round(float(np.mean(order[:, 0] == labels)), 4),
-              "top5": round(float(np.mean((order == labels[:, None]).any(axis=1))), 4)}
+    record = {"images": int(len(outputs)), **metrics.classification_metrics(outputs, labels, offset)}
     if baseline is not None and baseline.shape == outputs.shape:
-        base_top1 = float(np.mean(np.argmax(baseline, axis=1) - offset == labels))
+        base_top1 = metrics.top1(baseline, labels, offset)
         noise = float(np.sum((outputs - baseline) ** 2))
         record.update(float_top1=round(base_top1, 4),
                       delta_top1_vs_float=round(record["top1"] - base_top1, 4),
-                      agreement_with_float=round(float(np.mean(np.argmax(outputs, 1) == np.argmax(baseline, 1))), 4),
+                      agreement_with_float=round(metrics.agreement(outputs, baseline), 4),
                       output_snr_db=round(10 * np.log10(float(np.sum(baseline ** 2)) / noise), 2) if noise > 0 else None)
     return record
 
@@ -199,26 +150,6 @@ def commit_info() -> dict:
     except (OSError, subprocess.SubprocessError):
         return {"sha": None, "dirty": None}
     return {"sha": sha or None, "dirty": dirty}
-
-
-class ResultsFile:
-    """``{"schema": 1, "runs": [...]}``, rewritten atomically after every artifact."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.data = {"schema": 1, "runs": []}
-        if self.path.is_file():
-            try:
-                existing = json.loads(self.path.read_text())
-            except json.JSONDecodeError as error:
-                raise EdgeError(f"{self.path}: not valid JSON ({error.msg}); move it away or choose "
-                                "another --output") from None
-            if isinstance(existing, dict) and isinstance(existing.get("runs"), list):
-                self.data = existing
-
-    def append(self, run: dict) -> None:
-        self.data["runs"].append(run)
-        write_json_atomic(self.path, self.data)
 
 
 def _warnings(result: dict) -> list[str]:
@@ -338,68 +269,94 @@ def _cpu_mask(cpus: str) -> str:
 
 
 def run_record(artifact: Artifact, result: dict, device_name: str, transport: Transport,
-               settings: BenchSettings, accuracy_record: dict | None) -> dict:
-    from edge_mobilenet.convert.manifest import tool_versions
+               settings: BenchSettings, accuracy_record: dict | None) -> RunRecord:
+    from edge_mobilenet.contracts.manifest import tool_versions
 
     entry = artifact.entry
-    record = {
-        "timestamp_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "status": "ok" if result.get("ok") else "failed",
-        "artifact": artifact.path.name, "format": entry["format"], "runtime_kind": entry["runtime"],
-        "baseline_format": entry.get("baseline", "fp32"), "source_sha256": entry.get("source", {}).get("sha256"),
-        "sha256": entry.get("sha256"), "size_bytes": entry.get("size_bytes"), "params": entry.get("params"),
-        "macs": entry.get("macs"), "device_name": device_name, "transport": transport.name,
-        "device": result.get("device"), "runtime": result.get("runtime"), "latency": result.get("latency"),
-        "memory": result.get("memory"), "accuracy": accuracy_record,
-        "settings": {k: v for k, v in asdict(settings).items() if k != "benchmark_binary"},
-        "emulated": bool((result.get("device") or {}).get("emulated")),
-        "valid": result.get("ok", False) and not result.get("throttled_during_run", False),
-        "warnings": _warnings(result), "commit": commit_info(), "tool_versions": tool_versions(),
-    }
-    if outputs_sha256 := result.get("outputs_sha256"):
-        record["outputs_sha256"] = outputs_sha256
+    error = None
     if not result.get("ok"):
-        record["error"] = f"{result.get('error_kind')}: {result.get('error')}"
+        error = f"{result.get('error_kind')}: {result.get('error')}"
         if result.get("error_kind") == "no_runtime":
-            record["error"] += (f" -- install one on the device: `{transport.python} -m pip install "
-                                "ai-edge-litert` (or tflite-runtime; onnxruntime for .onnx)")
-    return record
+            error += (f" -- install one on the device: `{transport.python} -m pip install "
+                      "ai-edge-litert` (or tflite-runtime; onnxruntime for .onnx)")
+    return RunRecord(
+        timestamp_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        status="ok" if result.get("ok") else "failed", artifact=artifact.path.name, format=entry.format,
+        runtime_kind=entry.runtime, baseline_format=entry.baseline, task=entry.task,
+        source_sha256=entry.source_sha256, sha256=entry.sha256, size_bytes=entry.size_bytes,
+        params=entry.params, macs=entry.macs, device_name=device_name, transport=transport.name,
+        device=result.get("device"), runtime=result.get("runtime"), latency=result.get("latency"),
+        memory=result.get("memory"), accuracy=accuracy_record,
+        settings={k: v for k, v in asdict(settings).items() if k != "benchmark_binary"},
+        emulated=bool((result.get("device") or {}).get("emulated")),
+        valid=bool(result.get("ok", False)) and not result.get("throttled_during_run", False),
+        warnings=tuple(_warnings(result)), commit=commit_info(), tool_versions=tool_versions(),
+        error=error, outputs_sha256=result.get("outputs_sha256"))
+
+
+def _prepare(transport: Transport, settings: BenchSettings) -> bool:
+    """Open the device's scratch folder and copy the runner (or benchmark_model) there; True when the
+    device has no Python and runs TFLite's benchmark_model."""
+    transport.open()
+    use_binary = isinstance(transport, AdbTransport) and not transport.has_python()
+    if use_binary and not settings.benchmark_binary:
+        raise EdgeError(f"{transport.describe()}: the device has no {transport.python}; give TFLite's "
+                        "benchmark_model binary with --benchmark-binary (latency only, accuracy n/a)")
+    if use_binary:
+        transport.push(Path(settings.benchmark_binary), "benchmark_model")
+        transport.shell(f"chmod 755 {shlex.quote(transport.remote('benchmark_model'))}", timeout=60)
+    else:
+        transport.push(RUNNER_FILE, "device_runner.py")
+    return use_binary
+
+
+class _Baselines:
+    """Float outputs per (source model, runtime), to compare each quantized artifact with."""
+
+    def __init__(self):
+        self.outputs = {}
+
+    def for_entry(self, entry: ArtifactEntry, outputs: np.ndarray | None) -> np.ndarray | None:
+        key = (entry.source_sha256, entry.runtime)
+        if entry.is_baseline:
+            if outputs is not None:
+                self.outputs[key] = outputs
+            return outputs
+        found = self.outputs.get(key)
+        return found if found is not None else self.outputs.get((key[0], "tflite"))
+
+
+def _measure(transport: Transport, artifact: Artifact, index: int, settings: BenchSettings,
+             use_binary: bool, eval_cache: dict, baselines: _Baselines) -> tuple[dict, dict | None]:
+    """Run one artifact; (the runner's result, accuracy record or None)."""
+    from edge_mobilenet.contracts.metrics import label_offset
+
+    entry = artifact.entry
+    evaluation = _eval_images(entry, settings, eval_cache) if entry.trained_weights else None
+    pixels = evaluation.pixels if evaluation is not None else None
+    result = (_run_benchmark_model(transport, artifact, index, settings) if use_binary else
+              _run_one(transport, artifact, index, input_batch(entry, pixels), settings))
+    outputs = decode_outputs(result, entry) if result.get("ok") else None
+    baseline = baselines.for_entry(entry, outputs)
+    if evaluation is None or evaluation.labels is None:
+        return result, None
+    offset = label_offset(int(entry.output.shape[-1]), evaluation.classes, str(artifact.path))
+    return result, accuracy(outputs, evaluation.labels, offset, baseline)
 
 
 def bench(artifacts: list[Artifact], transport: Transport, device_name: str, settings: BenchSettings,
-          results: ResultsFile, log=None) -> list[dict]:
+          results: ResultsFile, log=None) -> list[RunRecord]:
     """Run every artifact; append each result as it finishes; always clean the device up."""
     from tqdm import tqdm
 
-    records, outputs_by_source, eval_cache = [], {}, {}
-    transport.open()
+    records, eval_cache, baselines = [], {}, _Baselines()
     try:
-        use_binary = isinstance(transport, AdbTransport) and not transport.has_python()
-        if use_binary and not settings.benchmark_binary:
-            raise EdgeError(f"{transport.describe()}: the device has no {transport.python}; give TFLite's "
-                            "benchmark_model binary with --benchmark-binary (latency only, accuracy n/a)")
-        if use_binary:
-            transport.push(Path(settings.benchmark_binary), "benchmark_model")
-            transport.shell(f"chmod 755 {shlex.quote(transport.remote('benchmark_model'))}", timeout=60)
-        else:
-            transport.push(RUNNER_FILE, "device_runner.py")
+        use_binary = _prepare(transport, settings)
         progress = tqdm(artifacts, desc=f"bench on {device_name}", unit="model", leave=False)
         for index, artifact in enumerate(progress):
-            entry = artifact.entry
-            evaluation = _eval_pixels(entry, settings, eval_cache) if entry.get("trained_weights") else None
-            pixels, labels, classes = evaluation if evaluation else (None, None, 0)
-            result = (_run_benchmark_model(transport, artifact, index, settings) if use_binary else
-                      _run_one(transport, artifact, index, input_batch(entry, pixels), settings))
-            outputs = decode_outputs(result, entry) if result.get("ok") else None
-            key = (entry.get("source", {}).get("sha256"), entry["runtime"])
-            baseline = outputs_by_source.get(key)
-            if baseline is None:
-                baseline = outputs_by_source.get((key[0], "tflite"))
-            if outputs is not None and entry["format"] == entry.get("baseline", "fp32"):
-                outputs_by_source[key] = outputs
-            record = run_record(artifact, result, device_name, transport, settings,
-                                accuracy(outputs, labels, classes, bool(entry.get("trained_weights")),
-                                         baseline if entry["format"] != entry.get("baseline") else outputs))
+            result, accuracy_record = _measure(transport, artifact, index, settings, use_binary, eval_cache,
+                                               baselines)
+            record = run_record(artifact, result, device_name, transport, settings, accuracy_record)
             results.append(record)
             records.append(record)
             progress.write(summary_line(record), file=sys.stderr) if log is None else log(summary_line(record))
@@ -413,14 +370,41 @@ def bench(artifacts: list[Artifact], transport: Transport, device_name: str, set
     return records
 
 
-def summary_line(record: dict) -> str:
-    if record["status"] != "ok":
-        return f"  {record['artifact']:44s} FAILED  {record.get('error')}"
-    latency, acc = record["latency"], record.get("accuracy") or {}
-    runtime = record.get("runtime") or {}
+def summary_line(record: RunRecord) -> str:
+    if not record.ok:
+        return f"  {record.artifact:44s} FAILED  {record.error}"
+    latency, acc, runtime = record.latency, record.accuracy or {}, record.runtime or {}
     top1 = f"top-1 {acc['top1']:.4f}" if "top1" in acc else "top-1 n/a"
     delegated = (f"  XNNPACK {runtime['nodes_delegated']}/{runtime['nodes_total']} in {runtime['partitions']}"
                  if runtime.get("nodes_total") else "")
-    flag = "  EMULATED" if record["emulated"] else ""
-    return (f"  {record['artifact']:44s} {runtime.get('name', '?'):14s} p50 {latency['p50_ms']:9.3f} ms  "
-            f"p90 {latency['p90_ms']:9.3f} ms  {top1}{delegated}{flag}")
+    flag = "  EMULATED" if record.emulated else ""
+    p90 = latency.get("p90_ms")
+    return (f"  {record.artifact:44s} {runtime.get('name', '?'):14s} p50 {latency['p50_ms']:9.3f} ms  "
+            f"p90 {p90 if p90 is not None else float('nan'):9.3f} ms  {top1}{delegated}{flag}")
+
+
+def run_bench_command(paths: list[str], device: str, profile_overrides: dict, overrides: dict, *,
+                      quick: bool, output: str | None, preprocessing: tuple, echo) -> int:
+    """The bench command: everything checked on the host first (profile, settings, artifacts, the
+    output file), then the runs; returns how many failed (the last line says why)."""
+    from dataclasses import replace
+
+    from edge_mobilenet.bench.artifacts import preprocessing_from, resolve_artifacts
+    from edge_mobilenet.bench.devices import load_profile, make_transport, with_overrides
+
+    profile = with_overrides(load_profile(device), **profile_overrides)
+    settings = replace(BenchSettings(threads=profile.threads, runtime=profile.runtime, cpus=profile.cpus,
+                                     benchmark_binary=profile.benchmark_binary),
+                       **{**(QUICK if quick else {}), **{k: v for k, v in overrides.items() if v is not None}})
+    found = resolve_artifacts(paths, preprocessing_from(*preprocessing))
+    results = ResultsFile(output or f"build/results/{profile.name}.json")
+    transport = make_transport(profile)
+    echo(f"{len(found)} artifact(s) on {profile.name} ({transport.describe()}), "
+         f"{settings.threads} thread(s); results -> {results.path}", err=True)
+    records = bench(found, transport, profile.name, settings, results)
+    for warning in sorted({w for r in records for w in r.warnings if not w.startswith("graph split")}):
+        echo(f"warning: {warning}", err=True)
+    failed = [r for r in records if not r.ok]
+    echo(f"{len(records) - len(failed)} ok, {len(failed)} failed; results in {results.path}"
+         + (f" (last failure: {failed[-1].artifact}: {failed[-1].error})" if failed else ""), err=True)
+    return len(failed)

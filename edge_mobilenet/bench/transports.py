@@ -43,7 +43,7 @@ class Transport:
         result = self.shell("mktemp -d " + shlex.quote(self.scratch_template()), timeout=60)
         if result.returncode != 0 or not result.stdout.strip():
             raise EdgeError(f"{self.describe()}: cannot create a scratch directory: "
-                            f"{_first_line(result.stderr) or 'no output'}")
+                            f"{_last_line(result.stderr) or 'no output'}")
         self.scratch = result.stdout.strip().splitlines()[-1]
         return self.scratch
 
@@ -123,7 +123,8 @@ def _wait_open_stdin(process: subprocess.Popen, timeout: float) -> tuple[str, st
     return "".join(chunks["out"]), "".join(chunks["err"])
 
 
-def _first_line(text: str) -> str:
+def _last_line(text: str) -> str:
+    """The last non-empty line (where ssh, adb and shells put the error), at most 300 characters."""
     lines = [l for l in (text or "").splitlines() if l.strip()]
     return lines[-1].strip()[:300] if lines else ""
 
@@ -200,7 +201,7 @@ class SshTransport(Transport):
                                     capture_output=True, timeout=600)
         if result.returncode != 0:
             raise EdgeError(f"{self.describe()}: copying {local} failed: "
-                            f"{_first_line(result.stderr.decode(errors='replace'))}")
+                            f"{_last_line(result.stderr.decode(errors='replace'))}")
         return remote
 
     def describe(self) -> str:
@@ -220,10 +221,10 @@ def _ssh_problem(stderr: str) -> str:
     if "Connection refused" in text:
         return "connection refused (is sshd running and the port right?)"
     if "Could not resolve hostname" in text:
-        return f"cannot resolve the host name ({_first_line(text)})"
+        return f"cannot resolve the host name ({_last_line(text)})"
     if "timed out" in text.lower():
         return "connection timed out"
-    return f"ssh failed: {_first_line(text) or 'connection closed'}"
+    return f"ssh failed: {_last_line(text) or 'connection closed'}"
 
 
 @dataclass(frozen=True)
@@ -253,7 +254,7 @@ class AdbTransport(Transport):
         if result.returncode != 0 and ("device '" in result.stderr and "not found" in result.stderr
                                        or "no devices/emulators found" in result.stderr
                                        or "device offline" in result.stderr):
-            raise EdgeError(f"{self.describe()}: {_first_line(result.stderr)}")
+            raise EdgeError(f"{self.describe()}: {_last_line(result.stderr)}")
         return result
 
     def push(self, local: Path, name: str) -> str:
@@ -261,7 +262,7 @@ class AdbTransport(Transport):
         result = subprocess.run([*self.base(), "push", str(local), remote], capture_output=True, text=True,
                                 timeout=600)
         if result.returncode != 0:
-            raise EdgeError(f"{self.describe()}: adb push {local} failed: {_first_line(result.stderr)}")
+            raise EdgeError(f"{self.describe()}: adb push {local} failed: {_last_line(result.stderr)}")
         return remote
 
     def has_python(self) -> bool:

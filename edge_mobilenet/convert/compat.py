@@ -167,7 +167,7 @@ def _tflite_problems(ops: list[dict], key: str) -> list[str]:
 
 
 def _onnx_problems(path: Path, release: str) -> list[str]:
-    from edge_mobilenet.convert.onnx_convert import onnx_io_spec
+    from edge_mobilenet.runtimes.onnx import onnx_io_spec
 
     spec = onnx_io_spec(path)
     max_opset, max_ir = ONNXRUNTIME_LIMITS[release]

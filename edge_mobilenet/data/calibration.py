@@ -8,15 +8,17 @@ chosen files' names and bytes, so the manifest says exactly which images calibra
 from __future__ import annotations
 
 import hashlib
-import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from edge_mobilenet.contracts.records import CalibrationRecord
 from edge_mobilenet.data.images import IMAGE_SUFFIXES, ImageSet, decode_image, list_images
 from edge_mobilenet.data.preprocess import Preprocessing
 from edge_mobilenet.errors import EdgeError
+from edge_mobilenet.fileio import read_json
 
 
 @dataclass(frozen=True)
@@ -39,11 +41,10 @@ class CalibrationSet:
     def inputs(self, preprocessing: Preprocessing) -> np.ndarray:
         return preprocessing.apply(self.images.pixels)
 
-    def record(self) -> dict:
-        return {"folder": self.source.folder, "requested_count": self.source.count,
-                "count": len(self.images), "seed": self.source.seed, "sha256": self.sha256,
-                "skipped_corrupt": self.images.skipped,
-                "source": self.set_manifest.get("source"), "licence": self.set_manifest.get("licence")}
+    def record(self) -> CalibrationRecord:
+        return CalibrationRecord(self.source.folder, len(self.images), self.source.seed, self.sha256,
+                                 self.source.count, tuple(self.images.skipped), self.set_manifest.get("source"),
+                                 self.set_manifest.get("licence"))
 
 
 def _candidate_files(folder: Path) -> list[Path]:
@@ -72,7 +73,7 @@ def choose_files(source: CalibrationSource) -> list[Path]:
 def content_hash(files: list[Path], root: Path) -> str:
     digest = hashlib.sha256()
     for path in files:
-        digest.update(str(path.relative_to(root)).encode())
+        digest.update(os.fsencode(path.relative_to(root)))  # non-UTF-8 names hash too
         digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()
 
@@ -98,7 +99,9 @@ def load_calibration(source: CalibrationSource, size: tuple[int, int], preproces
     images = ImageSet(np.stack(pixels), np.full(len(kept), -1, dtype=np.int64), [],
                       [str(p) for p in kept], skipped)
     manifest_path = folder / "manifest.json"
-    set_manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    set_manifest = read_json(manifest_path, "calibration set manifest") if manifest_path.is_file() else {}
+    if not isinstance(set_manifest, dict):
+        raise EdgeError(f"{manifest_path}: not a calibration set manifest (expected an object)")
     return CalibrationSet(source, images, content_hash(kept, folder), set_manifest)
 
 

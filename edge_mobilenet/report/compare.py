@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from edge_mobilenet.contracts.records import RunRecord
 from edge_mobilenet.errors import EdgeError
 from edge_mobilenet.report import results as res
-from edge_mobilenet.report.tables import text_table
+from edge_mobilenet.text import text_table
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ def change(metric: Metric, old: float | None, new: float | None) -> float | None
     return 100 * (new - old) / old if old else None
 
 
-def crossed(threshold: Threshold, old_run: dict, new_run: dict) -> str | None:
+def crossed(threshold: Threshold, old_run: RunRecord, new_run: RunRecord) -> str | None:
     """A description of the regression, or None."""
     metric = threshold.metric
     delta = change(metric, metric.value(old_run), metric.value(new_run))
@@ -80,12 +81,12 @@ def crossed(threshold: Threshold, old_run: dict, new_run: dict) -> str | None:
     return f"{metric.name} {delta:+.1f}% > {threshold.limit:g}%" if delta > threshold.limit else None
 
 
-def unchecked_reason(unit: str, old_run: dict, new_run: dict) -> str | None:
+def unchecked_reason(unit: str, old_run: RunRecord, new_run: RunRecord) -> str | None:
     """Why thresholds in ``unit`` (% latency, pt accuracy) can't be checked for this pair, or None."""
     if unit == "%":
-        if old_run.get("emulated") or new_run.get("emulated"):
+        if old_run.emulated or new_run.emulated:
             return "latency not checked: emulated"
-        if old_run.get("valid") is False or new_run.get("valid") is False:
+        if old_run.valid is False or new_run.valid is False:
             return "latency not checked: invalid run (throttled)"
         return None
     old_set, new_set = _eval_set(old_run), _eval_set(new_run)
@@ -94,16 +95,16 @@ def unchecked_reason(unit: str, old_run: dict, new_run: dict) -> str | None:
     return None
 
 
-def _eval_set(run: dict) -> tuple:
-    return (run.get("settings") or {}).get("eval_dir"), (run.get("accuracy") or {}).get("images")
+def _eval_set(run: RunRecord) -> tuple:
+    return (run.settings or {}).get("eval_dir"), (run.accuracy or {}).get("images")
 
 
-def verdict(old_run: dict, new_run: dict, thresholds: list[Threshold]) -> tuple[str, bool]:
+def verdict(old_run: RunRecord, new_run: RunRecord, thresholds: list[Threshold]) -> tuple[str, bool]:
     """(text for the verdict column, whether it is a regression)."""
-    if new_run["status"] != "ok":
-        failed = f"FAILED in new: {new_run.get('error') or 'no error recorded'}"
-        return (f"REGRESSION: {failed}", True) if old_run["status"] == "ok" and thresholds else (failed, False)
-    if old_run["status"] != "ok":
+    if new_run.status != "ok":
+        failed = f"FAILED in new: {new_run.error or 'no error recorded'}"
+        return (f"REGRESSION: {failed}", True) if old_run.status == "ok" and thresholds else (failed, False)
+    if old_run.status != "ok":
         return "fixed: failed in old", False
     reasons = {unit: unchecked_reason(unit, old_run, new_run) for unit in {t.metric.unit for t in thresholds}}
     checked = [t for t in thresholds if reasons[t.metric.unit] is None]
@@ -114,7 +115,7 @@ def verdict(old_run: dict, new_run: dict, thresholds: list[Threshold]) -> tuple[
     return "; ".join(["ok"] + notes), False
 
 
-def _cell(metric: Metric, old_run: dict, new_run: dict) -> str:
+def _cell(metric: Metric, old_run: RunRecord, new_run: RunRecord) -> str:
     old, new = metric.value(old_run), metric.value(new_run)
     if old is None and new is None:
         return "n/a"
@@ -157,4 +158,7 @@ def compare(old_path: str | Path, new_path: str | Path, fail_on: list[str]) -> t
         lines += [""] + [f"{label}: {_describe(k)}" for k in only] if only else []
     limits = ", ".join(str(t) for t in thresholds) or "none given (--fail-on): nothing is flagged"
     lines += ["", f"{len(matched)} matched, {regressions} regression(s); thresholds: {limits}"]
+    if thresholds and not matched:
+        lines.append("nothing was compared: no run of NEW matches a run of OLD, so --fail-on cannot pass")
+        return "\n".join(lines), True
     return "\n".join(lines), regressions > 0

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from edge_mobilenet.contracts.records import RunRecord
 from edge_mobilenet.errors import EdgeError
 from edge_mobilenet.fileio import write_text_atomic
 from edge_mobilenet.report import results as res
 from edge_mobilenet.report.results import RunRow
-from edge_mobilenet.report.tables import markdown_table
+from edge_mobilenet.text import markdown_table
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,8 @@ def _number(spec: str) -> Callable[[object], str]:
 
 
 def _runtime(row: RunRow) -> str | None:
-    runtime = row.run.get("runtime") or {}
-    name = runtime.get("name") or row.run["runtime_kind"]
+    runtime = row.run.runtime or {}
+    name = runtime.get("name") or row.run.runtime_kind
     return f"{name} {runtime['version']}" if runtime.get("version") else name
 
 
@@ -44,15 +45,15 @@ def _percent(value: float | None) -> float | None:
 
 
 def _xnnpack(row: RunRow) -> str | None:
-    runtime = row.run.get("runtime") or {}
+    runtime = row.run.runtime or {}
     if not runtime.get("nodes_total"):
-        return "off" if runtime.get("xnnpack") is False and row.run["runtime_kind"] == "tflite" else None
+        return "off" if runtime.get("xnnpack") is False and row.run.runtime_kind == "tflite" else None
     return f"{runtime['nodes_delegated']}/{runtime['nodes_total']} ({runtime.get('partitions')})"
 
 
-def split_flag(run: dict) -> str:
+def split_flag(run: RunRecord) -> str:
     """``⚠ split: HARD_SWISH×19, SOFTMAX×1`` when the delegate split the graph, else empty."""
-    runtime = run.get("runtime") or {}
+    runtime = run.runtime or {}
     if not runtime.get("split"):
         return ""
     outside = ", ".join(f"{op}×{count}" for op, count in (runtime.get("ops_outside") or {}).items())
@@ -61,24 +62,24 @@ def split_flag(run: dict) -> str:
 
 def notes(row: RunRow) -> str:
     run = row.run
-    if run["status"] != "ok":
-        return f"FAILED: {run.get('error') or 'no error recorded'}"
+    if run.status != "ok":
+        return f"FAILED: {run.error or 'no error recorded'}"
     found = [split_flag(run), row.baseline_note or ""]
-    if run.get("valid") is False:
+    if run.valid is False:
         found.append("INVALID: the device throttled during the run")
     return "; ".join(n for n in found if n)
 
 
 COLUMNS = (
     Column("model", lambda r: r.model),
-    Column("format", lambda r: r.run["format"]),
+    Column("format", lambda r: r.run.format),
     Column("runtime", _runtime),
-    Column("size KiB", lambda r: round(r.run["size_bytes"] / 1024, 2) if r.run.get("size_bytes") else None,
+    Column("size KiB", lambda r: round(r.run.size_bytes / 1024, 2) if r.run.size_bytes else None,
            _number(".1f")),
     Column("top-1 %", lambda r: _percent(res.top1(r.run)), _number(".2f")),
     Column("Δ top-1 vs float (pt)", lambda r: r.delta_top1_vs_float_pt, _number("+.2f")),
-    Column("agreement %", lambda r: _percent((r.run.get("accuracy") or {}).get("agreement_with_float")
-                                             if r.run["status"] == "ok" else None), _number(".1f")),
+    Column("agreement %", lambda r: _percent((r.run.accuracy or {}).get("agreement_with_float")
+                                             if r.run.status == "ok" else None), _number(".1f")),
     Column("p50 ms", lambda r: res.p50_ms(r.run), _number(".4g")),
     Column("p90 ms", lambda r: res.p90_ms(r.run), _number(".4g")),
     Column("speed-up vs float", lambda r: r.speed_up_vs_float,
@@ -89,15 +90,15 @@ COLUMNS = (
 )
 
 DEVICE_COLUMNS = (
-    ("device_name", lambda run, dev: run["device_name"]), ("transport", lambda run, dev: run.get("transport")),
-    ("emulated", lambda run, dev: bool(run.get("emulated"))), ("valid", lambda run, dev: run.get("valid")),
-    ("status", lambda run, dev: run["status"]), ("machine", lambda run, dev: dev.get("machine")),
+    ("device_name", lambda run, dev: run.device_name), ("transport", lambda run, dev: run.transport),
+    ("emulated", lambda run, dev: bool(run.emulated)), ("valid", lambda run, dev: run.valid),
+    ("status", lambda run, dev: run.status), ("machine", lambda run, dev: dev.get("machine")),
     ("cpu_part", lambda run, dev: dev.get("cpu_part")), ("asimddp", lambda run, dev: dev.get("asimddp")),
     ("cores", lambda run, dev: dev.get("cores")),
     ("governors", lambda run, dev: " ".join(dev.get("governors") or [])),
-    ("threads", lambda run, dev: res.threads_of(run)), ("artifact", lambda run, dev: run["artifact"]),
-    ("timestamp_utc", lambda run, dev: run.get("timestamp_utc")),
-    ("commit", lambda run, dev: (run.get("commit") or {}).get("sha")),
+    ("threads", lambda run, dev: res.threads_of(run)), ("artifact", lambda run, dev: run.artifact),
+    ("timestamp_utc", lambda run, dev: run.timestamp_utc),
+    ("commit", lambda run, dev: (run.commit or {}).get("sha")),
 )
 
 
@@ -116,10 +117,10 @@ def csv_text(rows: list[RunRow]) -> str:
     writer.writerow([name for name, _ in DEVICE_COLUMNS] + [c.header for c in COLUMNS[1:]]
                     + ["latest", "baseline_artifact"])
     for row in rows:
-        device = row.run.get("device") or {}
+        device = row.run.device or {}
         writer.writerow([_csv_value(get(row.run, device)) for _, get in DEVICE_COLUMNS]
                         + [_csv_value(c.value(row)) for c in COLUMNS[1:]]
-                        + [row.latest, row.baseline["artifact"] if row.baseline else ""])
+                        + [row.latest, row.baseline.artifact if row.baseline else ""])
     return buffer.getvalue()
 
 
@@ -132,10 +133,10 @@ def _csv_value(value) -> object:
 def device_header(name: str, rows: list[RunRow]) -> list[str]:
     """The facts about one device, from its latest successful run, and what to distrust."""
     runs = [r.run for r in rows]
-    facts_run = next((r for r in reversed(runs) if r["status"] == "ok" and r.get("device")), runs[-1])
-    device = facts_run.get("device") or {}
-    emulated = any(r.get("emulated") for r in runs)
-    lines = [f"## {name} ({facts_run.get('transport', '?')}){' — EMULATED' if emulated else ''}", ""]
+    facts_run = next((r for r in reversed(runs) if r.status == "ok" and r.device), runs[-1])
+    device = facts_run.device or {}
+    emulated = any(r.emulated for r in runs)
+    lines = [f"## {name} ({facts_run.transport or '?'}){' — EMULATED' if emulated else ''}", ""]
     if emulated:
         lines += ["**EMULATED**: the board runs under emulation (" + (
             ", ".join(device.get("emulation_hints") or []) or "qemu") + "). Outputs and accuracy are real "
@@ -143,13 +144,13 @@ def device_header(name: str, rows: list[RunRow]) -> list[str]:
     lines += [f"- {_machine(device)}", f"- governor: {_governor(device)}",
               f"- runtimes: {_runtimes(runs)}", f"- threads: {_distinct(res.threads_of(r) for r in runs)}; "
               f"commit {_commits(runs)}"]
-    warnings = list(dict.fromkeys(w for r in runs for w in r.get("warnings") or []
+    warnings = list(dict.fromkeys(w for r in runs for w in r.warnings or []
                                   if not w.startswith(("graph split", "EMULATED"))))
     lines += [f"- warning: {w}" for w in warnings]
-    invalid = [r["artifact"] for r in runs if r["status"] == "ok" and r.get("valid") is False]
+    invalid = [r.artifact for r in runs if r.status == "ok" and r.valid is False]
     if invalid:
         lines.append(f"- **INVALID** (the device throttled during the run): {', '.join(invalid)}")
-    failed = [r["artifact"] for r in runs if r["status"] != "ok"]
+    failed = [r.artifact for r in runs if r.status != "ok"]
     if failed:
         lines.append(f"- **FAILED**: {', '.join(failed)}")
     return lines
@@ -172,7 +173,7 @@ def _governor(device: dict) -> str:
 
 
 def _runtimes(runs: list[dict]) -> str:
-    found = dict.fromkeys(_runtime_text(r.get("runtime") or {}) for r in runs if r.get("runtime"))
+    found = dict.fromkeys(_runtime_text(r.runtime or {}) for r in runs if r.runtime)
     return ", ".join(found) or "n/a"
 
 
@@ -188,7 +189,7 @@ def _distinct(values) -> str:
 
 def _commits(runs: list[dict]) -> str:
     commits = dict.fromkeys(f"{(c.get('sha') or 'unknown')[:12]}{' (dirty)' if c.get('dirty') else ''}"
-                            for c in (r.get("commit") or {} for r in runs))
+                            for c in (r.commit or {} for r in runs))
     return ", ".join(commits) or "unknown"
 
 

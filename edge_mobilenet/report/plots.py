@@ -8,17 +8,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edge_mobilenet.contracts.formats import FORMATS
 from edge_mobilenet.fileio import atomic_path
 from edge_mobilenet.report import results as res
 from edge_mobilenet.report.results import RunRow
 
-FORMAT_COLOURS = {"fp32": "tab:blue", "fp16": "tab:cyan", "dynamic": "tab:purple", "int8": "tab:red",
-                  "onnx": "tab:green", "onnx-int8": "tab:orange"}
-FLOAT_FORMATS = ("fp32", "onnx")
+FLOAT_FORMATS = tuple(f.name for f in FORMATS.values() if f.is_baseline)
 
 
 def _colour(fmt: str) -> str:
-    return FORMAT_COLOURS.get(fmt, "tab:gray")
+    return FORMATS[fmt].colour if fmt in FORMATS else "tab:gray"
 
 
 def _pyplot():
@@ -45,7 +44,7 @@ def _short(model: str) -> str:
 
 
 def _device_title(name: str, rows: list[RunRow]) -> str:
-    return name + (" — EMULATED: latencies meaningless" if any(r.run.get("emulated") for r in rows) else "")
+    return name + (" — EMULATED: latencies meaningless" if any(r.run.emulated for r in rows) else "")
 
 
 MODEL_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
@@ -65,11 +64,11 @@ def latency_vs_accuracy(path: Path, devices: dict[str, list[RunRow]]) -> Path:
         any_accuracy |= bool(with_accuracy)
         for row in with_accuracy or rows:
             run = row.run
-            y = 100 * res.top1(run) if with_accuracy else (run.get("size_bytes") or 0) / 1024
+            y = 100 * res.top1(run) if with_accuracy else (run.size_bytes or 0) / 1024
             marker = MODEL_MARKERS[models.index(row.model) % len(MODEL_MARKERS)]
-            axis.scatter(res.p50_ms(run), y, s=50, color=_colour(run["format"]), marker=marker, alpha=0.85,
+            axis.scatter(res.p50_ms(run), y, s=50, color=_colour(run.format), marker=marker, alpha=0.85,
                          edgecolors="black", linewidths=0.4, zorder=3)
-            labels.append((axis, res.p50_ms(run), y, run["format"]))
+            labels.append((axis, res.p50_ms(run), y, run.format))
         axis.set_xscale("log")
         _plain_log_ticks(axis.xaxis, [res.p50_ms(r.run) for r in with_accuracy or rows])
         axis.set_xlabel("latency p50 (ms, log scale)")
@@ -82,7 +81,7 @@ def latency_vs_accuracy(path: Path, devices: dict[str, list[RunRow]]) -> Path:
         axis.set_title(title, fontsize=10)
         axis.grid(alpha=0.3, which="both")
         axis.margins(x=0.15, y=0.15)
-    _legend(figure, {r.run["format"]: r.run["runtime_kind"] for rows in devices.values() for r in rows},
+    _legend(figure, {r.run.format: r.run.runtime_kind for rows in devices.values() for r in rows},
             models)
     figure.suptitle("Latency vs accuracy (upper left is best)" if any_accuracy else
                     "Latency vs size: no accuracy (random weights or no labels)", fontsize=11)
@@ -159,10 +158,10 @@ def formats_bars(path: Path, devices: dict[str, list[RunRow]]) -> Path:
     figure, axes = plt.subplots(len(devices), 1, figsize=(11, 4.2 * len(devices)), squeeze=False)
     for axis, (device, rows) in zip(axes[:, 0], devices.items()):
         models = list(dict.fromkeys(r.model for r in rows))
-        formats = sorted({r.run["format"] for r in rows}, key=lambda f: res.order_index(res.FORMAT_ORDER, f))
+        formats = sorted({r.run.format for r in rows}, key=lambda f: res.order_index(res.FORMAT_ORDER, f))
         width = 0.8 / len(formats)
         for group, model in enumerate(models):
-            mine = {r.run["format"]: r for r in rows if r.model == model}
+            mine = {r.run.format: r for r in rows if r.model == model}
             for slot, fmt in enumerate(formats):
                 if fmt in mine:
                     _bar(axis, group - 0.4 + width * (slot + 0.5), width, mine[fmt])
@@ -176,15 +175,15 @@ def formats_bars(path: Path, devices: dict[str, list[RunRow]]) -> Path:
         axis.set_title(_device_title(device, rows) + "  (label: speed-up vs float; dashed: float p50)",
                        fontsize=10)
         axis.grid(axis="y", alpha=0.3)
-    _legend(figure, {r.run["format"]: r.run["runtime_kind"] for rows in devices.values() for r in rows})
+    _legend(figure, {r.run.format: r.run.runtime_kind for rows in devices.values() for r in rows})
     figure.suptitle("p50 latency per format", fontsize=11)
     return _save(figure, path, rect=(0, 0.07 if len(devices) == 1 else 0.04, 1, 1))
 
 
 def _bar(axis, x: float, width: float, row: RunRow) -> None:
     run = row.run
-    invalid = run.get("valid") is False
-    axis.bar(x, res.p50_ms(run), width, color=_colour(run["format"]), edgecolor="black", linewidth=0.4,
+    invalid = run.valid is False
+    axis.bar(x, res.p50_ms(run), width, color=_colour(run.format), edgecolor="black", linewidth=0.4,
              hatch="//" if invalid else None)
     if row.speed_up_vs_float is not None:
         label = f"{row.speed_up_vs_float:.2f}×" + (" invalid" if invalid else "")

@@ -9,14 +9,13 @@ run falls back to the TFLite fp32 run of the same source, and says so.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_mobilenet.convert.formats import FORMATS, format_of_file
-from edge_mobilenet.errors import EdgeError
+from edge_mobilenet.contracts.formats import FORMATS, format_of_file
+from edge_mobilenet.contracts.records import RunRecord
+from edge_mobilenet.contracts.results import read_results
 
-REQUIRED_RUN_KEYS = ("status", "artifact", "format", "runtime_kind", "device_name")
 RUNTIME_ORDER = ("tflite", "onnx")
 FORMAT_ORDER = tuple(FORMATS)
 
@@ -36,9 +35,9 @@ class RunRow:
         latest: False when a later run of the same artifact (same device, runtime, threads) exists.
     """
 
-    run: dict
+    run: RunRecord
     model: str
-    baseline: dict | None
+    baseline: RunRecord | None
     baseline_note: str | None
     speed_up_vs_float: float | None
     gmac_per_s: float | None
@@ -46,95 +45,80 @@ class RunRow:
     latest: bool
 
 
-def load_results(path: str | Path) -> list[dict]:
-    """The runs of a results file; EdgeError naming the file when it is missing or not a results file."""
-    path = Path(path)
-    if not path.is_file():
-        raise EdgeError(f"{path}: results file does not exist (write one with `edge-bench bench --output`)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise EdgeError(f"{path}: not a results file (not UTF-8 text)") from None
-    except json.JSONDecodeError as error:
-        raise EdgeError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
-        raise EdgeError(f"{path}: not an edge-bench results file (expected an object with a 'runs' list)")
-    for index, run in enumerate(data["runs"]):
-        missing = [k for k in REQUIRED_RUN_KEYS if not isinstance(run, dict) or k not in run]
-        if missing:
-            raise EdgeError(f"{path}: run {index} is not a benchmark run (no {', '.join(missing)})")
-    return data["runs"]
+def load_results(path: str | Path) -> list[RunRecord]:
+    """The runs of a results file, validated (one reader: ``contracts.results.read_results``)."""
+    return read_results(path)
 
 
-def model_of(run: dict) -> str:
+def model_of(run: RunRecord) -> str:
     """``mobilenet_v1_0.25_32.int8.tflite`` -> ``mobilenet_v1_0.25_32``."""
-    name = run["artifact"]
+    name = run.artifact
     fmt = format_of_file(name)
     if fmt is not None:
         return name[: -len(fmt.suffix)]
     return name.rsplit(".", 1)[0]
 
 
-def source_key(run: dict) -> str:
+def source_key(run: RunRecord) -> str:
     """What identifies the source model: its SHA-256, or its name for bare artifacts without one."""
-    return run.get("source_sha256") or model_of(run)
+    return run.source_sha256 or model_of(run)
 
 
-def threads_of(run: dict) -> int | None:
-    return (run.get("settings") or {}).get("threads")
+def threads_of(run: RunRecord) -> int | None:
+    return (run.settings or {}).get("threads")
 
 
-def run_key(run: dict) -> tuple:
+def run_key(run: RunRecord) -> tuple:
     """(device, artifact file, runtime kind, threads): runs with equal keys measure the same thing."""
-    return run["device_name"], run["artifact"], run["runtime_kind"], threads_of(run)
+    return run.device_name, run.artifact, run.runtime_kind, threads_of(run)
 
 
-def p50_ms(run: dict) -> float | None:
+def p50_ms(run: RunRecord) -> float | None:
     return latency_ms(run, "p50_ms")
 
 
-def p90_ms(run: dict) -> float | None:
+def p90_ms(run: RunRecord) -> float | None:
     return latency_ms(run, "p90_ms")
 
 
-def latency_ms(run: dict, key: str) -> float | None:
-    if run["status"] != "ok":
+def latency_ms(run: RunRecord, key: str) -> float | None:
+    if run.status != "ok":
         return None
-    value = (run.get("latency") or {}).get(key)
+    value = (run.latency or {}).get(key)
     return value if isinstance(value, (int, float)) and value > 0 else None
 
 
-def top1(run: dict) -> float | None:
+def top1(run: RunRecord) -> float | None:
     """Top-1 as a fraction, or None (random weights, no labels, failed run)."""
-    return (run.get("accuracy") or {}).get("top1") if run["status"] == "ok" else None
+    return (run.accuracy or {}).get("top1") if run.status == "ok" else None
 
 
-def find_baseline(run: dict, runs: list[dict]) -> tuple[dict | None, str | None]:
+def find_baseline(run: RunRecord, runs: list[RunRecord]) -> tuple[RunRecord | None, str | None]:
     """The float run ``run`` is compared with, and a note when it is a fall-back.
 
     Among several candidates (a file with several sweeps), the one with the same thread count that is
     nearest to ``run`` in the file wins.
     """
-    same_source = [r for r in runs if r["status"] == "ok" and r["device_name"] == run["device_name"]
+    same_source = [r for r in runs if r.status == "ok" and r.device_name == run.device_name
                    and source_key(r) == source_key(run)]
-    wanted = run.get("baseline_format") or "fp32"
-    exact = [r for r in same_source if r["format"] == wanted]
+    wanted = run.baseline_format or "fp32"
+    exact = [r for r in same_source if r.format == wanted]
     if exact:
         return _nearest(run, exact, runs), None
-    if run["runtime_kind"] == "onnx":
-        tflite_float = [r for r in same_source if r["format"] == "fp32" and r["runtime_kind"] == "tflite"]
+    if run.runtime_kind == "onnx":
+        tflite_float = [r for r in same_source if r.format == "fp32" and r.runtime_kind == "tflite"]
         if tflite_float:
             return _nearest(run, tflite_float, runs), f"vs TFLite fp32: no {wanted} run"
     return None, f"no {wanted} run on this device"
 
 
-def _nearest(run: dict, candidates: list[dict], runs: list[dict]) -> dict:
+def _nearest(run: RunRecord, candidates: list[RunRecord], runs: list[RunRecord]) -> RunRecord:
     same_threads = [r for r in candidates if threads_of(r) == threads_of(run)] or candidates
     position = _index(run, runs)
     return min(same_threads, key=lambda r: abs(_index(r, runs) - position))
 
 
-def _index(run: dict, runs: list[dict]) -> int:
+def _index(run: RunRecord, runs: list[RunRecord]) -> int:
     return next(i for i, r in enumerate(runs) if r is run)
 
 
@@ -152,11 +136,11 @@ def gmac_per_s(macs: int | None, run_p50_ms: float | None) -> float | None:
     return macs / (run_p50_ms / 1e3) / 1e9
 
 
-def delta_top1_pt(run: dict, baseline: dict | None) -> float | None:
+def delta_top1_pt(run: RunRecord, baseline: RunRecord | None) -> float | None:
     """Top-1 change vs float in percentage points: the stored figure, else computed from the baseline."""
     if top1(run) is None:
         return None
-    stored = (run.get("accuracy") or {}).get("delta_top1_vs_float")
+    stored = (run.accuracy or {}).get("delta_top1_vs_float")
     if isinstance(stored, (int, float)):
         return 100 * stored
     if baseline is not None and top1(baseline) is not None:
@@ -164,35 +148,35 @@ def delta_top1_pt(run: dict, baseline: dict | None) -> float | None:
     return None
 
 
-def analyse(runs: list[dict]) -> list[RunRow]:
+def analyse(runs: list[RunRecord]) -> list[RunRow]:
     """Every run with its baseline and derived figures, ordered by device, model, runtime and format."""
     latest_ids = {id(r) for r in latest_runs(runs)}
     rows = []
     for run in runs:
-        baseline, note = find_baseline(run, runs) if run["status"] == "ok" else (None, None)
+        baseline, note = find_baseline(run, runs) if run.status == "ok" else (None, None)
         rows.append(RunRow(
             run=run, model=model_of(run), baseline=baseline, baseline_note=note,
             speed_up_vs_float=speed_up(p50_ms(baseline) if baseline else None, p50_ms(run)),
-            gmac_per_s=gmac_per_s(run.get("macs"), p50_ms(run)),
+            gmac_per_s=gmac_per_s(run.macs, p50_ms(run)),
             delta_top1_vs_float_pt=delta_top1_pt(run, baseline), latest=id(run) in latest_ids))
     return sorted(rows, key=_order(runs))
 
 
-def latest_runs(runs: list[dict]) -> list[dict]:
+def latest_runs(runs: list[RunRecord]) -> list[RunRecord]:
     """The last run of each :func:`run_key` (later in the file wins), in file order."""
     last = {run_key(r): r for r in runs}
     kept = {id(r) for r in last.values()}
     return [r for r in runs if id(r) in kept]
 
 
-def _order(runs: list[dict]):
-    devices = list(dict.fromkeys(r["device_name"] for r in runs))
+def _order(runs: list[RunRecord]):
+    devices = list(dict.fromkeys(r.device_name for r in runs))
     models = list(dict.fromkeys(model_of(r) for r in runs))
 
     def key(row: RunRow) -> tuple:
         run = row.run
-        return (devices.index(run["device_name"]), models.index(row.model),
-                order_index(RUNTIME_ORDER, run["runtime_kind"]), order_index(FORMAT_ORDER, run["format"]),
+        return (devices.index(run.device_name), models.index(row.model),
+                order_index(RUNTIME_ORDER, run.runtime_kind), order_index(FORMAT_ORDER, run.format),
                 threads_of(run) or 0, _index(run, runs))
 
     return key
@@ -205,10 +189,5 @@ def order_index(order: tuple, value) -> int:
 def by_device(rows: list[RunRow]) -> dict[str, list[RunRow]]:
     grouped: dict[str, list[RunRow]] = {}
     for row in rows:
-        grouped.setdefault(row.run["device_name"], []).append(row)
+        grouped.setdefault(row.run.device_name, []).append(row)
     return grouped
-
-
-def group_key(row: RunRow) -> tuple:
-    """(device, source model, runtime kind): the rows that share one float baseline."""
-    return row.run["device_name"], source_key(row.run), row.run["runtime_kind"]

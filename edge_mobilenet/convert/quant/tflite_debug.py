@@ -18,6 +18,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from edge_mobilenet.convert.tflite import representative_dataset
+from edge_mobilenet.quiet import native_noise_filtered
+
 IDEAL_RMSE_OVER_SCALE = 1 / math.sqrt(12)
 
 
@@ -59,19 +62,12 @@ def keras_layer_of(tensor_name: str, layer_names: set[str]) -> str:
     return tensor_name.split(";")[0]
 
 
-def _representative(inputs: np.ndarray):
-    def generate():
-        for row in inputs:
-            yield [row[None].astype(np.float32)]
-    return generate
-
-
 def _int8_converter(saved_model_dir: str, calibration: np.ndarray):
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = _representative(calibration)
+    converter.representative_dataset = representative_dataset(calibration)
     return converter
 
 
@@ -82,12 +78,12 @@ def layer_errors(saved_model_dir: str, calibration: np.ndarray, debug_inputs: np
 
     debugger = tf.lite.experimental.QuantizationDebugger(
         converter=_int8_converter(saved_model_dir, calibration),
-        debug_dataset=_representative(debug_inputs),
+        debug_dataset=representative_dataset(debug_inputs),
         debug_options=tf.lite.experimental.QuantizationDebugOptions(
             layer_direct_compare_metrics={"snr_db": _snr_db}))
     import warnings
 
-    with warnings.catch_warnings():  # the debugger runs TF's own (deprecated) interpreter internally
+    with warnings.catch_warnings(), native_noise_filtered():  # it runs TF's own (deprecated) interpreter
         warnings.simplefilter("ignore")
         debugger.run()
     import csv
@@ -116,12 +112,14 @@ class SelectiveQuantizer:
 
         converter = _int8_converter(saved_model_dir, calibration)
         converter._experimental_calibrate_only = True
-        self.calibrated = converter.convert()
+        with native_noise_filtered():
+            self.calibrated = converter.convert()
         self.io_dtype = {"int8": tf.int8, "uint8": tf.uint8, "float": tf.float32}[io]
 
     def quantize(self, float_nodes=()) -> bytes:
         from tensorflow.lite.python import convert
 
-        return convert.mlir_quantize(self.calibrated, fully_quantize=True,
-                                     input_data_type=self.io_dtype, output_data_type=self.io_dtype,
-                                     denylisted_nodes=list(float_nodes))
+        with native_noise_filtered():
+            return convert.mlir_quantize(self.calibrated, fully_quantize=True,
+                                         input_data_type=self.io_dtype, output_data_type=self.io_dtype,
+                                         denylisted_nodes=list(float_nodes))

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_mobilenet.convert.onnx_convert import (OnnxQuantOptions, _first_line, load_onnx, make_session,
-                                                 onnx_io_spec, quantize_onnx, run_onnx)
-from edge_mobilenet.convert.quant_debug import LayerError
+from edge_mobilenet.convert.onnx_convert import OnnxQuantOptions, quantize_onnx
+from edge_mobilenet.convert.quant.tflite_debug import LayerError, keras_layer_of
 from edge_mobilenet.errors import EdgeError
+from edge_mobilenet.runtimes.onnx import error_line, load_onnx, make_session, onnx_io_spec
 
 QUANT_INPUT_SUFFIX = "_QuantizeLinear_Input"  # ORT renames a graph output it quantizes
 REFERENCE_TAG = "__float_reference"
@@ -78,9 +78,9 @@ def onnx_layer_errors(float_path: str | Path, qdq_path: str | Path, inputs: np.n
     """
     qdq_graph = _Graph(load_onnx(qdq_path))
     float_spec, qdq_spec = onnx_io_spec(float_path), onnx_io_spec(qdq_path)
-    if float_spec["input"]["shape"] != qdq_spec["input"]["shape"]:
-        raise EdgeError(f"{qdq_path}: input {qdq_spec['input']['shape']} does not match the float model "
-                        f"{float_path} ({float_spec['input']['shape']})")
+    if float_spec["input"].shape != qdq_spec["input"].shape:
+        raise EdgeError(f"{qdq_path}: input {list(qdq_spec['input'].shape)} does not match the float model "
+                        f"{float_path} ({list(float_spec['input'].shape)})")
     float_graphs = [_Graph(prepare_float(float_path)), _Graph(load_onnx(float_path))]
     _check_weights(float_graphs, qdq_graph, float_path, qdq_path)
     probes, augmented = _augment(float_graphs, qdq_graph)
@@ -107,7 +107,7 @@ def prepare_float(float_path: str | Path):
             quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
             return onnx.load(str(prepared))
         except Exception as error:  # ORT's optimizer raises many types
-            raise EdgeError(f"{float_path}: ONNX Runtime pre-processing failed: {_first_line(error)}") from None
+            raise EdgeError(f"{float_path}: ONNX Runtime pre-processing failed: {error_line(error)}") from None
 
 
 def _row(probe: _Probe, total: dict, layer_names: set[str]) -> LayerError:
@@ -125,10 +125,9 @@ def keras_layer(probe: _Probe, layer_names: set[str]) -> str:
     """The Keras layer named in the tf2onnx path of the tensor, the node or its weights, else the node."""
     names = probe.names or (probe.tensor, probe.node)
     for name in names:
-        for part in re.split(r"[;/]", name):
-            for candidate in (part, re.sub(r"_\d+$", "", part)):
-                if candidate in layer_names:
-                    return candidate
+        found = keras_layer_of(name, layer_names)
+        if found in layer_names:
+            return found
     for name in names:
         parts = re.sub(r"(:\d+)?(__[tn]\d+)?$", "", name).split("/")
         if len(parts) >= 3:  # model/layer/op
@@ -310,7 +309,7 @@ def _measure(model, probes: list[_Probe], inputs: np.ndarray, source) -> dict[st
         try:
             values = session.run(names, {feed.name: inputs[start:start + batch]})
         except Exception as error:  # ORT's own exception types
-            raise EdgeError(f"{source}: running the error probes failed: {_first_line(error)}") from None
+            raise EdgeError(f"{source}: running the error probes failed: {error_line(error)}") from None
         for index, probe in enumerate(probes):
             quantized = values[2 * index].astype(np.float64)
             reference = values[2 * index + 1].astype(np.float64)
@@ -324,33 +323,6 @@ def _measure(model, probes: list[_Probe], inputs: np.ndarray, source) -> dict[st
             total["count"] += error.size
             total["max_abs"] = max(total["max_abs"], float(np.max(np.abs(error), initial=0.0)))
     return totals
-
-
-def run_onnx_bytes(model_bytes: bytes, inputs: np.ndarray, threads: int = 1) -> np.ndarray:
-    """``run_onnx`` on a serialized model (``run_onnx`` itself takes a path or a session)."""
-    return run_onnx(make_session(model_bytes, threads), inputs)
-
-
-def onnx_top1(model_bytes: bytes, inputs: np.ndarray, labels: np.ndarray, offset: int = 0) -> float:
-    """Top-1 accuracy of a serialized ONNX model (``offset``: 1 when output 0 is a background class)."""
-    outputs = run_onnx_bytes(model_bytes, inputs)
-    return float(np.mean(np.argmax(outputs.reshape(len(inputs), -1), axis=1) - offset == labels))
-
-
-def onnx_latency_ms_p50(model_bytes: bytes, runs: int = 50) -> float:
-    """Median ONNX Runtime run time of a model on this machine (1 thread; a cost estimate)."""
-    import time
-
-    session = make_session(model_bytes)
-    feed = session.get_inputs()[0]
-    batch = np.zeros([d if isinstance(d, int) else 1 for d in feed.shape], np.float32)
-    session.run(None, {feed.name: batch})
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        session.run(None, {feed.name: batch})
-        times.append((time.perf_counter() - started) * 1e3)
-    return float(np.median(times))
 
 
 class OnnxSelectiveQuantizer:

@@ -1,4 +1,5 @@
-"""``edge-bench quantize``: for each model, reuse what is current, convert the rest, log each artifact."""
+"""``edge-bench quantize`` as a batch: for each model, reuse what is current, convert the rest, log each
+artifact. :func:`run_quantize` is the whole command (recipe + flags merged once, then the batch)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_mobilenet.convert.formats import FORMATS
-from edge_mobilenet.convert.manifest import Manifest
-from edge_mobilenet.convert.pipeline import QuantizeSettings, build_artifact, cache_key
+from edge_mobilenet.contracts.formats import FORMATS
+from edge_mobilenet.contracts.manifest import Manifest
+from edge_mobilenet.contracts.records import ArtifactEntry
+from edge_mobilenet.convert.pipeline import build_artifact, cache_key
+from edge_mobilenet.convert.settings import QuantizeSettings
 from edge_mobilenet.data.calibration import choose_files, content_hash, load_calibration
 from edge_mobilenet.errors import EdgeError
 from edge_mobilenet.fileio import sha256_file
+from edge_mobilenet.quiet import native_noise_filtered
 
 
 @dataclass(frozen=True)
@@ -41,36 +45,39 @@ def _source_file(request: ModelRequest, output_dir: Path) -> Path | None:
     raise EdgeError(f"{request.source}: model file does not exist (and it is not a registered model name)")
 
 
-def _keys(request: ModelRequest, settings: QuantizeSettings, source: Path) -> dict[str, str]:
+def _keys(request: ModelRequest, settings: QuantizeSettings, source: Path,
+          calibration_sha: str | None) -> dict[str, str]:
     metrics = source.with_name(f"{source.stem}.metrics.json")
     metrics_sha = sha256_file(metrics) if metrics.is_file() else None
-    calibration_sha = None
-    if any(FORMATS[f].calibrated for f in request.formats):
-        files = choose_files(settings.calibration)
-        calibration_sha = content_hash(files, Path(settings.calibration.folder))
     source_sha = sha256_file(source)
     return {f: cache_key(source_sha, metrics_sha, FORMATS[f], settings, calibration_sha)
             for f in request.formats}
 
 
-def _line(entry: dict, status: str) -> str:
-    validation = entry.get("validation", {})
-    agreement = validation.get("top1_agreement_with_float")
-    top1 = validation.get("top1")
-    return (f"  {entry['format']:9s} {status:6s} {entry['size_bytes'] / 1024:9.1f} KiB"
-            f"  {entry.get('convert_seconds', 0):6.1f} s"
+def calibration_hash(settings: QuantizeSettings) -> str:
+    """The content hash of the calibration images chosen (listed and hashed once per run)."""
+    return content_hash(choose_files(settings.calibration), Path(settings.calibration.folder))
+
+
+def _line(entry: ArtifactEntry, status: str) -> str:
+    validation = entry.validation
+    agreement = validation.agreement_with_float if validation else None
+    top1 = validation.metrics.get("top1") if validation else None
+    return (f"  {entry.format:9s} {status:6s} {entry.size_bytes / 1024:9.1f} KiB"
+            f"  {entry.facts.get('convert_seconds', 0):6.1f} s"
             + (f"  top-1 agreement {agreement:.4f}" if agreement is not None else "")
             + (f"  top-1 {top1:.4f}" if top1 is not None else "")
-            + f"  {entry['file']}")
+            + f"  {entry.file}")
 
 
-def quantize_model(request: ModelRequest, settings: QuantizeSettings, manifest: Manifest) -> list[dict]:
+def quantize_model(request: ModelRequest, settings: QuantizeSettings, manifest: Manifest,
+                   calibration_sha: str | None = None) -> list[ArtifactEntry]:
     """Convert one model into every requested format (reusing current artifacts)."""
-    from edge_mobilenet.convert.recipe import load_eval_set, load_float_model
+    from edge_mobilenet.convert.sources import load_eval_set, load_float_model
 
     output_dir = Path(settings.output_dir)
     source = _source_file(request, output_dir)
-    keys = _keys(request, settings, source) if source is not None else {}
+    keys = _keys(request, settings, source, calibration_sha) if source is not None else {}
     stem = source.stem if source is not None else None
     cached = {f: manifest.cached(f"{stem}{FORMATS[f].suffix}", keys[f]) for f in keys}
     todo = [f for f in request.formats if cached.get(f) is None]
@@ -80,9 +87,10 @@ def quantize_model(request: ModelRequest, settings: QuantizeSettings, manifest: 
         _log(_line(entry, "cached"))
     if not todo:
         return entries
-    float_model = load_float_model(request.source, alpha=request.alpha, size=request.size,
-                                   classes=request.classes, output_dir=output_dir)
-    keys = _keys(request, settings, float_model.path)
+    with native_noise_filtered():  # TensorFlow's import notices
+        float_model = load_float_model(request.source, alpha=request.alpha, size=request.size,
+                                       classes=request.classes, output_dir=output_dir)
+    keys = _keys(request, settings, float_model.path, calibration_sha)
     calibration = None
     if any(FORMATS[f].calibrated for f in todo):
         calibration = load_calibration(settings.calibration, float_model.size, float_model.preprocessing,
@@ -112,9 +120,33 @@ def quantize_model(request: ModelRequest, settings: QuantizeSettings, manifest: 
 def quantize(requests: list[ModelRequest], settings: QuantizeSettings) -> Manifest:
     manifest = Manifest(settings.output_dir)
     started = time.perf_counter()
+    calibrated = any(FORMATS[f].calibrated for r in requests for f in r.formats)
+    calibration_sha = calibration_hash(settings) if calibrated else None
     for request in requests:
-        quantize_model(request, settings, manifest)
+        quantize_model(request, settings, manifest, calibration_sha)
     manifest.write()
-    _log(f"manifest: {manifest.path} ({len(manifest.data['artifacts'])} artifacts, "
+    _log(f"manifest: {manifest.path} ({len(manifest.entries)} artifacts, "
          f"{time.perf_counter() - started:.1f} s)")
     return manifest
+
+
+def run_quantize(models: tuple[str, ...], recipe_path: str | None, overrides: dict,
+                 shape: tuple[float, int, int]) -> Manifest:
+    """The quantize command: ``models`` (files or registry names built at ``shape`` = alpha, size,
+    classes) or a recipe, with command-line ``overrides`` merged over the recipe and the defaults."""
+    from edge_mobilenet.convert.recipe import ensure_trained, load_recipe
+    from edge_mobilenet.convert.settings import merge
+
+    if bool(models) == bool(recipe_path):
+        raise EdgeError("give either --model (one or more) or --recipe")
+    if recipe_path:
+        recipe = load_recipe(recipe_path)
+        settings = merge(merge(QuantizeSettings(), recipe.overrides), overrides)
+        requests = [ModelRequest(ensure_trained(m, Path(recipe.models_dir), settings.progress)
+                                 if m.train is not None else m.source,
+                                 m.formats or settings.formats, m.alpha, m.size, m.classes)
+                    for m in recipe.models]
+    else:
+        settings = merge(QuantizeSettings(), overrides)
+        requests = [ModelRequest(m, settings.formats, *shape) for m in models]
+    return quantize(requests, settings)

@@ -8,7 +8,7 @@ self-contained device runner (it must travel to devices alone); the quantize man
 
 from __future__ import annotations
 
-from edge_mobilenet.bench.device_runner import delegation
+from edge_mobilenet.runtimes.device_runner import delegation
 
 
 def delegation_stats(interpreter) -> dict:

@@ -1,4 +1,5 @@
-"""The one table of deployable formats: it drives CLI choices, the converters and the benchmark loop."""
+"""The one table of deployable formats: it drives CLI choices, the converters, cache keys, the benchmark
+loop, reports, plots and CI. A new format is one row here plus its converter in ``convert/build.py``."""
 
 from __future__ import annotations
 
@@ -17,6 +18,11 @@ class Format:
         calibrated: whether conversion needs calibration images.
         baseline: the float format this one is compared against in reports.
         description: one line for ``--help`` and reports.
+        integer: whether the graph computes in integers (takes the int8-friendly hard-swish graph,
+            accuracy-aware search applies).
+        options: the ``QuantizeSettings`` fields the artifact's bytes depend on (its cache key).
+        colour: its colour in plots.
+        builder: the converter that makes it (``convert.builders.BUILDERS``).
     """
 
     name: str
@@ -26,19 +32,31 @@ class Format:
     calibrated: bool
     baseline: str
     description: str
+    integer: bool = False
+    options: tuple[str, ...] = ()
+    colour: str = "tab:gray"
+    builder: str = "tflite"
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.name == self.baseline
 
 
 FORMATS: dict[str, Format] = {f.name: f for f in (
-    Format("fp32", ".fp32.tflite", "tflite", False, False, "fp32", "TFLite float32"),
+    Format("fp32", ".fp32.tflite", "tflite", False, False, "fp32", "TFLite float32", colour="tab:blue"),
     Format("fp16", ".fp16.tflite", "tflite", True, False, "fp32",
-           "TFLite float16 weights (dequantized to float32 at load on CPU)"),
+           "TFLite float16 weights (dequantized to float32 at load on CPU)", colour="tab:cyan"),
     Format("dynamic", ".dynamic.tflite", "tflite", True, False, "fp32",
-           "TFLite dynamic-range: int8 weights, float activations"),
+           "TFLite dynamic-range: int8 weights, float activations", colour="tab:purple"),
     Format("int8", ".int8.tflite", "tflite", True, True, "fp32",
-           "TFLite full-integer int8 (per-channel weights, calibrated activations)"),
-    Format("onnx", ".onnx", "onnx", False, False, "onnx", "ONNX float32 (tf2onnx)"),
+           "TFLite full-integer int8 (per-channel weights, calibrated activations)", integer=True,
+           options=("io", "target_accuracy"), colour="tab:red"),
+    Format("onnx", ".onnx", "onnx", False, False, "onnx", "ONNX float32 (tf2onnx)", colour="tab:green",
+           builder="onnx-export"),
     Format("onnx-int8", ".int8.onnx", "onnx", True, True, "onnx",
-           "ONNX int8 QDQ (ONNX Runtime static quantization, per-channel)"),
+           "ONNX int8 QDQ (ONNX Runtime static quantization, per-channel)", integer=True,
+           options=("onnx_activation_type", "onnx_calibration_method", "target_accuracy"),
+           colour="tab:orange", builder="onnx-qdq"),
 )}
 
 DEFAULT_FORMATS = tuple(FORMATS)

@@ -1,0 +1,130 @@
+"""``edge-bench quant-report``: per-layer int8 error of an artifact against its float model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edge_mobilenet.errors import EdgeError
+from edge_mobilenet.fileio import atomic_path, write_json_atomic
+from edge_mobilenet.text import text_table
+
+WORTH_KEEPING_FLOAT = 0.7
+
+
+def check_artifact_matches(artifact: Path, float_model) -> None:
+    """The artifact must take the float model's input and give its number of outputs."""
+    from edge_mobilenet.runtimes.sessions import artifact_specs
+
+    in_spec, out_specs = artifact_specs(artifact)
+    model_in = [int(d) for d in float_model.input.shape[1:]]
+    model_out = int(float_model.output.shape[-1])
+    if list(in_spec.shape[1:]) != model_in or out_specs[0].shape[-1] != model_out:
+        raise EdgeError(f"{artifact}: does not match the float model (artifact input {list(in_spec.shape)}, "
+                        f"{out_specs[0].shape[-1]} outputs; float model input {model_in}, {model_out} outputs)")
+
+
+def table(rows: list[dict], limit: int = 25) -> str:
+    body = [[i + 1, r["layer"], r["op"], round(r["rmse_over_scale"], 3), round(r["snr_db"], 1),
+             "keep float?" if r["rmse_over_scale"] > WORTH_KEEPING_FLOAT else ""]
+            for i, r in enumerate(rows[:limit])]
+    return text_table(["rank", "layer", "op", "rmse/scale", "SNR dB", ""], body, "rllrrl")
+
+
+def plot(rows_in_model_order: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = [r["rmse_over_scale"] for r in rows_in_model_order]
+    figure, axis = plt.subplots(figsize=(max(8, len(values) * 0.12), 4.5))
+    colours = ["tab:red" if v > WORTH_KEEPING_FLOAT else "tab:blue" for v in values]
+    axis.bar(range(len(values)), values, color=colours)
+    axis.axhline(1 / 12 ** 0.5, color="green", linestyle="--", label="ideal rounding (0.289)")
+    axis.axhline(WORTH_KEEPING_FLOAT, color="red", linestyle=":", label="worth keeping in float (0.7)")
+    worst = sorted(range(len(values)), key=lambda i: -values[i])[:8]
+    for i in worst:
+        axis.annotate(rows_in_model_order[i]["layer"], (i, values[i]), rotation=60, fontsize=7,
+                      xytext=(0, 4), textcoords="offset points")
+    axis.set_xlabel("quantized layer (model order)")
+    axis.set_ylabel("RMSE / quantization scale")
+    axis.set_title(title)
+    axis.legend(loc="upper right", fontsize=8)
+    figure.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        figure.savefig(tmp, dpi=110)
+    plt.close(figure)
+
+
+def write_report(rows: list, model_order: list, artifact: Path, output_dir: Path, extra: dict) -> dict:
+    rows_dicts = [r.to_dict() for r in rows]
+    report = {"artifact": str(artifact), "metric": "rmse/scale per quantized layer (each op on "
+              "dequantized int8 inputs vs the int8 op), SNR in dB", **extra, "layers": rows_dicts}
+    output_dir.mkdir(parents=True, exist_ok=True)
+    stem = artifact.name.replace(".", "_")
+    write_json_atomic(output_dir / f"{stem}.quant_report.json", report)
+    plot([r.to_dict() for r in model_order], output_dir / f"{stem}.quant_report.png",
+         f"{artifact.name}: per-layer int8 error")
+    report["files"] = [str(output_dir / f"{stem}.quant_report.json"),
+                       str(output_dir / f"{stem}.quant_report.png")]
+    return report
+
+
+def manifest_entry(artifact: Path):
+    """The artifact's entry in the manifest beside it (calibration used, hard-swish rewrite), if any."""
+    from edge_mobilenet.contracts.manifest import read_manifest
+
+    if not (artifact.parent / "manifest.json").is_file():
+        return None
+    return read_manifest(artifact.parent, require_artifacts=False).entry(artifact.name)
+
+
+def _layer_rows(artifact: Path, float_model, inputs, debug_count: int):
+    """Per-layer errors of ``artifact`` (int8 TFLite or QDQ ONNX) and the Keras layer order."""
+    from edge_mobilenet.contracts.formats import format_of_file
+
+    fmt = format_of_file(artifact.name)
+    if fmt is None or not fmt.integer:
+        raise EdgeError(f"{artifact}: quant-report reads int8 .tflite or QDQ .onnx artifacts")
+    layers = [l.name for l in float_model.model_for(fmt).layers]
+    if fmt.runtime == "tflite":
+        from edge_mobilenet.convert.quant.tflite_debug import layer_errors
+
+        rows = layer_errors(float_model.saved_model_dir(fmt), inputs, inputs[:debug_count], set(layers))
+    else:
+        from edge_mobilenet.convert.quant.onnx_debug import onnx_layer_errors
+
+        rows = onnx_layer_errors(float_model.float_onnx(fmt), artifact, inputs[:debug_count], layer_names=layers)
+    return rows, sorted(rows, key=lambda r: layers.index(r.layer) if r.layer in layers else len(layers))
+
+
+def run_quant_report(artifact: str | Path, float_path: str | Path, *, calibration: str | None = None,
+                     count: int | None = None, seed: int | None = None, debug_count: int = 32,
+                     output: str | Path = "build/quant-report") -> dict:
+    """The quant-report command: per-layer error of ``artifact`` against the float model it came from,
+    calibrated and rewritten as the manifest records (flags override), written as JSON + PNG."""
+    from edge_mobilenet.convert.settings import DEFAULT_CALIBRATION
+    from edge_mobilenet.convert.sources import load_float_model
+    from edge_mobilenet.data.calibration import CalibrationSource, load_calibration
+
+    artifact = Path(artifact)
+    if not artifact.is_file():
+        raise EdgeError(f"{artifact}: artifact does not exist")
+    if artifact.suffix not in (".tflite", ".onnx"):
+        raise EdgeError(f"{artifact}: quant-report reads int8 .tflite or QDQ .onnx artifacts")
+    entry = manifest_entry(artifact)
+    recorded = entry.calibration.to_json() if entry and entry.calibration else {}
+    rewrite = ((entry.facts.get("hard_swish_rewrite") if entry else None) or {"enabled": True}).get("enabled", True)
+    source = CalibrationSource(calibration or recorded.get("folder") or DEFAULT_CALIBRATION,
+                               count or recorded.get("count") or 200, recorded.get("seed", 0) if seed is None else seed)
+    float_model = load_float_model(str(float_path), output_dir=Path(output))
+    check_artifact_matches(artifact, float_model.model)
+    images = load_calibration(source, float_model.size, float_model.preprocessing)
+    inputs = images.inputs(float_model.preprocessing)
+    float_model.apply_hard_swish_rewrite(rewrite, inputs[:8])  # as the artifact was made
+    try:
+        rows, model_order = _layer_rows(artifact, float_model, inputs, debug_count)
+    finally:
+        float_model.close()
+    return write_report(rows, model_order, artifact, Path(output),
+                        {"float_model": str(float_path), "calibration": images.record().to_json()})

@@ -1,0 +1,109 @@
+"""What ``quantize`` is asked to do, parsed once at the edge into validated frozen dataclasses.
+
+Defaults live here only. A recipe (``recipe.py``) and command-line flags both become overrides merged
+by :func:`merge`; everything downstream takes a ``QuantizeSettings`` whose values are already checked.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+
+from edge_mobilenet.contracts.formats import DEFAULT_FORMATS, FORMATS, Format, parse_formats
+from edge_mobilenet.data.calibration import CalibrationSource
+from edge_mobilenet.errors import EdgeError
+
+IO_TYPES = ("int8", "uint8", "float")
+ONNX_ACTIVATION_TYPES = ("uint8", "int8")
+ONNX_CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+DEFAULT_CALIBRATION = "calibration_data/digits"
+DEFAULT_OUTPUT = "build/artifacts"
+
+
+@dataclass(frozen=True)
+class AccuracyTarget:
+    """``99%`` of float top-1 (relative) or ``0.5pt`` below it (points); ``text`` is canonical, so
+    "99%" and "99.0%" are one target (one cache key)."""
+
+    text: str
+    relative: float | None = None
+    points: float | None = None
+
+    def threshold(self, float_top1: float) -> float:
+        if self.relative is not None:
+            return float_top1 * self.relative
+        return float_top1 - self.points / 100.0
+
+
+def parse_target(text: str) -> AccuracyTarget:
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(%|pt|points?)\s*", text or "")
+    if not match:
+        raise EdgeError(f"target accuracy must look like 99% (of float top-1) or 0.5pt (points below "
+                        f"float). Received {text!r}")
+    value, unit = float(match.group(1)), match.group(2)
+    if unit == "%":
+        if not 0 < value <= 100:
+            raise EdgeError(f"target accuracy must be in (0%, 100%]. Received {text!r}")
+        return AccuracyTarget(f"{value:g}%", relative=value / 100.0)
+    return AccuracyTarget(f"{value:g}pt", points=value)
+
+
+def _one_of(name: str, value, allowed: tuple) -> None:
+    if value not in allowed:
+        raise EdgeError(f"{name} must be one of {', '.join(allowed)}; received {value!r}")
+
+
+@dataclass(frozen=True)
+class QuantizeSettings:
+    formats: tuple[str, ...] = DEFAULT_FORMATS
+    calibration: CalibrationSource = field(default_factory=lambda: CalibrationSource(DEFAULT_CALIBRATION))
+    output_dir: str = DEFAULT_OUTPUT
+    io: str = "int8"
+    eval_dir: str | None = None
+    eval_count: int = 500
+    onnx_activation_type: str = "uint8"
+    onnx_calibration_method: str = "minmax"
+    target_accuracy: AccuracyTarget | None = None  # accuracy-aware int8
+    rewrite_hard_swish: bool = True  # express hard-swish with ops XNNPACK's int8 kernels take
+    progress: bool = True
+
+    def __post_init__(self):
+        unknown = [f for f in self.formats if f not in FORMATS]
+        if unknown or not self.formats:
+            raise EdgeError(f"unknown format {unknown[0] if unknown else ''!r}; choose from: {', '.join(FORMATS)}")
+        _one_of("io", self.io, IO_TYPES)
+        _one_of("onnx_activation_type", self.onnx_activation_type, ONNX_ACTIVATION_TYPES)
+        _one_of("onnx_calibration_method", self.onnx_calibration_method, ONNX_CALIBRATION_METHODS)
+        if self.eval_count < 1:
+            raise EdgeError(f"--eval-count must be >= 1; received {self.eval_count}")
+        if self.calibration.count < 1:
+            raise EdgeError(f"--count (calibration images) must be >= 1; received {self.calibration.count}")
+        if self.calibration.seed < 0:
+            raise EdgeError(f"--seed must be >= 0; received {self.calibration.seed}")
+
+    def options_for(self, fmt: Format) -> dict:
+        """The settings ``fmt``'s bytes depend on (the format table names them), JSON-ready."""
+        values = {name: getattr(self, name) for name in fmt.options}
+        if values.get("target_accuracy") is not None:
+            values["target_accuracy"] = values["target_accuracy"].text
+        return values
+
+
+# Override keys that are not QuantizeSettings fields: they set the calibration source's parts.
+CALIBRATION_KEYS = {"calibration": "folder", "count": "count", "seed": "seed", "skip_corrupt": "skip_corrupt"}
+
+
+def merge(base: QuantizeSettings, overrides: dict) -> QuantizeSettings:
+    """``base`` with every override that is not None applied (flags over recipe over defaults).
+
+    ``formats`` may be text (``"fp32,int8"``), ``target_accuracy`` text (``"99%"``); the calibration
+    source's ``calibration``/``count``/``seed``/``skip_corrupt`` are given flat.
+    """
+    given = {k: v for k, v in overrides.items() if v is not None}
+    source = replace(base.calibration, **{CALIBRATION_KEYS[k]: given.pop(k) for k in list(given)
+                                          if k in CALIBRATION_KEYS})
+    if isinstance(given.get("formats"), str):
+        given["formats"] = tuple(f.name for f in parse_formats(given["formats"]))
+    if isinstance(given.get("target_accuracy"), str):
+        given["target_accuracy"] = parse_target(given["target_accuracy"])
+    return replace(base, calibration=source, **given)
