@@ -38,6 +38,23 @@ class TrainSettings:
     progress: bool = True
     name: str | None = None  # output file stem; default derived from model/alpha/size
 
+    def __post_init__(self):
+        """Checked before any data is loaded: one line naming the option."""
+        import math
+
+        for option, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise EdgeError(f"{option} must be an integer >= 1; received {value!r}")
+        if not (isinstance(self.learning_rate, (int, float)) and math.isfinite(self.learning_rate)
+                and self.learning_rate > 0):
+            raise EdgeError(f"--learning-rate must be a finite number > 0; received {self.learning_rate!r}")
+        if not 0 < self.validation_split < 1:
+            raise EdgeError(f"--validation-split must be between 0 and 1; received {self.validation_split!r}")
+        if self.bn_momentum is not None and not 0 <= self.bn_momentum < 1:
+            raise EdgeError(f"--bn-momentum must be in [0, 1); received {self.bn_momentum!r}")
+        if self.seed < 0:
+            raise EdgeError(f"--seed must be >= 0; received {self.seed}")
+
 
 def _progress_callback(epochs: int, enabled: bool):
     import keras
@@ -165,8 +182,13 @@ def train_model(settings: TrainSettings) -> dict:
     history = model.fit(x_train, images.labels[train_idx], batch_size=settings.batch_size,
                         epochs=settings.epochs, validation_data=(x_val, images.labels[val_idx]),
                         verbose=0, shuffle=True,
-                        callbacks=[_progress_callback(settings.epochs, settings.progress)])
+                        callbacks=[_progress_callback(settings.epochs, settings.progress),
+                                   keras.callbacks.TerminateOnNaN()])
     seconds = time.perf_counter() - started
+    losses = history.history.get("loss") or [float("nan")]
+    if len(losses) < settings.epochs or not np.isfinite(losses[-1]):
+        raise EdgeError(f"training {settings.model} diverged: the loss became NaN/inf at epoch {len(losses)} "
+                        f"(learning rate {settings.learning_rate}); try a lower --learning-rate")
     probabilities = model.predict(x_val, batch_size=256, verbose=0)
     val_accuracy = float(np.mean(np.argmax(probabilities, axis=1) == images.labels[val_idx]))
     name = settings.name or f"{settings.model}_{settings.alpha:g}_{settings.size}"

@@ -103,6 +103,12 @@ def load_recipe(path: str | Path) -> Recipe:
                      formats=_formats(data, where) if "formats" in data else None,
                      **{k: calibration.get(v) for k, v in (("calibration", "folder"), ("count", "count"),
                                                             ("seed", "seed"), ("skip_corrupt", "skip_corrupt"))})
+    from edge_mobilenet.convert.settings import QuantizeSettings, merge
+
+    try:  # the values, checked as the settings they become, before anything runs
+        merge(QuantizeSettings(), overrides)
+    except EdgeError as error:
+        raise EdgeError(f"{path}: {error}") from None
     return Recipe(models, overrides, get(data, "models_dir", where, (str,), "build/models"))
 
 

@@ -1,0 +1,117 @@
+"""Settings, recipes and device profiles are validated before anything runs: one line naming the
+option, key or file, exit status 2, no traceback, nothing loaded, trained or benchmarked."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+RECIPE_MODEL = '[[model]]\nname = "mobilenet_v1"\nalpha = 0.25\nsize = 32\n'
+
+
+def _one_line(result, message):
+    assert result.exit_code == 2, result.output
+    lines = [l for l in result.output.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("edge-bench: error:"), result.output
+    assert message in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("recipe,message", [
+    ('formts = ["fp32"]\n' + RECIPE_MODEL, "formts is not a recipe key; did you mean 'formats'?"),
+    ('io = "int4"\n' + RECIPE_MODEL, "io must be one of int8, uint8, float; received 'int4'"),
+    ('formats = "fp32"\n' + RECIPE_MODEL, "formats must be a list, not a string 'fp32'"),
+    ('[model]\nname = "mobilenet_v1"\n', "model must be [[model]] tables (an array), not one [model] table"),
+    ('[calibration]\nfolder = "x"\ncuont = 3\n' + RECIPE_MODEL, "calibration.cuont is not a recipe key; did you mean 'count'?"),
+    ('[calibration]\ncount = "many"\n' + RECIPE_MODEL, "calibration.count must be an integer, not a string"),
+    (RECIPE_MODEL + "train = { epochs = -3 }\n", "model[0].train.epochs must be >= 1; received -3"),
+    (RECIPE_MODEL + "train = { epoch = 3 }\n", "model[0].train.epoch is not a recipe key; did you mean 'epochs'?"),
+    (RECIPE_MODEL + 'size = "big"\n', "not valid TOML"),  # a key given twice
+    ('[[model]]\nalpha = 0.5\n', "model[0] needs exactly one of name"),
+    ('formats = ["fp32", "int4"]\n' + RECIPE_MODEL, "formats unknown format 'int4'"),
+    ("", "the recipe file is empty"),
+])
+def test_bad_recipes(cli, tmp_path, recipe, message):
+    path = tmp_path / "recipe.toml"
+    path.write_text(recipe)
+    result = cli("quantize", "--recipe", path, "--output", tmp_path / "out")
+    _one_line(result, message)
+    assert str(path) in result.output and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--count", "0"], "Invalid value for '--count'"),
+    (["--eval-count", "0"], "Invalid value for '--eval-count'"),
+    (["--seed", "-1"], "Invalid value for '--seed'"),
+    (["--target-accuracy", "lots"], "target accuracy must look like 99%"),
+    (["--formats", "fp32,int4"], "unknown format 'int4'"),
+])
+def test_bad_quantize_options(cli, tmp_path, args, message):
+    result = cli("quantize", "--model", "mobilenet_v1", *args, "--output", tmp_path / "out")
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--min-seconds", "inf"], "--min-seconds must be a finite number >= 0; received inf"),
+    (["--max-seconds", "nan"], "--max-seconds must be a finite number >= 0; received nan"),
+    (["--threads", "0"], "--threads must be >= 1; received 0"),
+    (["--cpus", "a-b"], "--cpus 'a-b' is not a CPU list"),
+    (["--min-seconds", "5", "--max-seconds", "1"], "--max-seconds (1.0) is below --min-seconds (5.0)"),
+    (["--eval-count", "0"], "--eval-count must be >= 1; received 0"),
+])
+def test_bad_bench_settings_are_refused_on_the_host(cli, tmp_path, args, message):
+    result = cli("bench", tmp_path, *args, "--output", tmp_path / "r.json")
+    _one_line(result, message)
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_bench_output_that_is_a_folder_or_not_results_is_refused_before_running(cli, tmp_path):
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir()
+    (artifacts / "manifest.json").write_text(json.dumps({"schema": 2, "artifacts": []}))
+    _one_line(cli("bench", artifacts, "--output", artifacts), "lists no artifacts")
+    other = tmp_path / "notes.json"
+    other.write_text('{"hello": 1}')
+    from edge_mobilenet.contracts.results import ResultsFile
+    from edge_mobilenet.errors import EdgeError
+
+    with pytest.raises(EdgeError, match="notes.json: not an edge-bench results file"):
+        ResultsFile(other)
+    assert json.loads(other.read_text()) == {"hello": 1}
+
+
+@pytest.mark.parametrize("profile,message", [
+    ('transport = "ssh"\nhots = "pi.local"\n', "unknown setting 'hots' (did you mean 'host'?)"),
+    ('transport = "ssh"\nport = "22"\n', "port must be an integer, not a string '22'"),
+    ('transport = "carrier-pigeon"\n', "transport must be one of local, ssh, adb"),
+    ('threads = 0\n', "threads must be >= 1; received 0"),
+])
+def test_bad_device_profiles(cli, tmp_path, profile, message):
+    path = tmp_path / "board.toml"
+    path.write_text(profile)
+    _one_line(cli("bench", tmp_path, "--device", path, "--output", tmp_path / "r.json"), message)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"epochs": 0}, "--epochs must be an integer >= 1; received 0"),
+    ({"batch_size": 0}, "--batch-size must be an integer >= 1; received 0"),
+    ({"learning_rate": float("nan")}, "--learning-rate must be a finite number > 0; received nan"),
+    ({"learning_rate": -1.0}, "--learning-rate must be a finite number > 0; received -1.0"),
+    ({"validation_split": 1.5}, "--validation-split must be between 0 and 1"),
+])
+def test_bad_train_settings(kwargs, message):
+    from edge_mobilenet.errors import EdgeError
+    from edge_mobilenet.train import TrainSettings
+
+    with pytest.raises(EdgeError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        TrainSettings(**kwargs)
+
+
+def test_a_nan_loss_stops_training_with_an_error(tmp_path):
+    from edge_mobilenet.errors import EdgeError
+    from edge_mobilenet.train import TrainSettings, train_model
+
+    with pytest.raises(EdgeError, match="diverged: the loss became NaN/inf"):
+        train_model(TrainSettings(epochs=3, learning_rate=1e30, output_dir=str(tmp_path), progress=False))
+    assert not list(tmp_path.glob("*.keras"))
