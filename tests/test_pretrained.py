@@ -31,3 +31,18 @@ def test_pretrained_weights_load_and_outputs_match(shared_data, tmp_path, file, 
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
     if name == "mobilenet_v2":  # the full-size model recognises most of these photos
         assert np.mean(np.argmax(ours, axis=1) - 1 == images.labels) >= 0.5
+
+
+def test_a_published_int8_model_gets_accuracy_with_eval(shared_data, tmp_path, run_cli):
+    """A .tflite that did not come from our quantize: specs from the file, 1001 outputs on 1000-class
+    labels (background first), preprocessing given as a flag, top-1 measured from --eval."""
+    import json
+
+    results = tmp_path / "r.json"
+    result = run_cli("bench", shared_data / "models" / "tf2_mobilenet_v2_1.0_224_ptq.tflite", "--device", "local",
+                     "--quick", "--eval", shared_data / "imagenet-sample", "--eval-count", 60,
+                     "--preprocessing", "symmetric", "--output", results)
+    assert result.returncode == 0, result.stderr
+    run = json.loads(results.read_text())["runs"][0]
+    assert run["format"] == "int8" and run["accuracy"]["images"] == 60
+    assert run["accuracy"]["top1"] >= 0.6 and run["accuracy"]["top5"] >= run["accuracy"]["top1"]
