@@ -130,11 +130,7 @@ def load_keras_model(path: str | Path):
     """Load a .keras/.h5 model for inference, with one clear error for a bad file."""
     import keras
 
-    path = Path(path)
-    if not path.is_file():
-        raise EdgeError(f"{path}: model file does not exist")
-    if path.suffix not in (".keras", ".h5"):
-        raise EdgeError(f"{path}: not a Keras model file (expected .keras or .h5)")
+    path = checked_model_path(path)
     try:
         return keras.models.load_model(path, compile=False, safe_mode=True)
     except Exception as error:  # Keras raises many types for a bad file
@@ -144,6 +140,29 @@ def load_keras_model(path: str | Path):
             except Exception:
                 pass
         raise EdgeError(f"{path}: cannot be loaded as a Keras model ({str(error).splitlines()[0][:160]})") from None
+
+
+def checked_model_path(path: str | Path) -> Path:
+    """``path`` if it can be a Keras model file; one line saying what is wrong otherwise (missing, a
+    folder, a name too long, empty, not a .keras zip archive)."""
+    import zipfile
+
+    path = Path(path)
+    try:
+        if path.is_dir():
+            raise EdgeError(f"{path}: is a folder, not a Keras model file")
+        if not path.is_file():
+            raise EdgeError(f"{path}: model file does not exist")
+        size = path.stat().st_size
+    except OSError as error:
+        raise EdgeError(f"{str(path)[:120]}...: {error.strerror or error}") from None
+    if path.suffix not in (".keras", ".h5"):
+        raise EdgeError(f"{path}: not a Keras model file (expected .keras or .h5)")
+    if size == 0:
+        raise EdgeError(f"{path}: corrupt model file (empty)")
+    if path.suffix == ".keras" and not zipfile.is_zipfile(path):
+        raise EdgeError(f"{path}: corrupt or truncated .keras file (not a zip archive)")
+    return path
 
 
 def _load_legacy_h5(path: Path):

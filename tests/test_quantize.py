@@ -133,7 +133,7 @@ def _two_d_model(tmp_path):
 
 @pytest.mark.parametrize("case,message", [
     ("missing_model", "does not exist"),
-    ("not_keras", "cannot be loaded as a Keras model"),
+    ("not_keras", "corrupt or truncated .keras file (not a zip archive)"),
     ("text_model", "not a Keras model file"),
     ("missing_calibration", "calibration folder does not exist"),
     ("empty_calibration", "calibration folder holds no images"),

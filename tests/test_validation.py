@@ -115,3 +115,20 @@ def test_a_nan_loss_stops_training_with_an_error(tmp_path):
     with pytest.raises(EdgeError, match="diverged: the loss became NaN/inf"):
         train_model(TrainSettings(epochs=3, learning_rate=1e30, output_dir=str(tmp_path), progress=False))
     assert not list(tmp_path.glob("*.keras"))
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda p: p.write_bytes(b""), "corrupt model file (empty)"),
+    (lambda p: p.write_bytes(b"PK\x03\x04 half a zip"), "corrupt or truncated .keras file (not a zip archive)"),
+    (lambda p: p.mkdir(), "is a folder, not a Keras model file"),
+])
+def test_bad_model_files(cli, tmp_path, make, message):
+    path = tmp_path / "x.keras"
+    make(path)
+    _one_line(cli("quantize", "--model", path, "--formats", "fp32", "--output", tmp_path / "out"), message)
+
+
+def test_a_model_name_too_long_is_one_line(cli, tmp_path):
+    path = tmp_path / ("m" * 300 + ".keras")
+    _one_line(cli("quantize", "--model", path, "--formats", "fp32", "--output", tmp_path / "out"),
+              "File name too long")

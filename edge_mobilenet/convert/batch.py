@@ -35,14 +35,18 @@ def _log(message: str) -> None:
 def _source_file(request: ModelRequest, output_dir: Path) -> Path | None:
     """The float model file if it exists already (registry builds are saved under the output folder)."""
     from edge_mobilenet.models.registry import REGISTRY
+    from edge_mobilenet.train import checked_model_path
 
-    path = Path(request.source)
-    if path.exists():
-        return path
-    if request.source in REGISTRY:
+    if request.source in REGISTRY and not Path(request.source).exists():
         built = output_dir / f"{request.source}_{request.alpha:g}_{request.size}_random.keras"
         return built if built.exists() else None
-    raise EdgeError(f"{request.source}: model file does not exist (and it is not a registered model name)")
+    try:
+        return checked_model_path(request.source)
+    except EdgeError as error:
+        if "does not exist" in str(error):
+            raise EdgeError(f"{request.source}: model file does not exist (and it is not a registered model "
+                            "name)") from None
+        raise
 
 
 def _keys(request: ModelRequest, settings: QuantizeSettings, source: Path,
