@@ -132,3 +132,14 @@ def test_a_model_name_too_long_is_one_line(cli, tmp_path):
     path = tmp_path / ("m" * 300 + ".keras")
     _one_line(cli("quantize", "--model", path, "--formats", "fp32", "--output", tmp_path / "out"),
               "File name too long")
+
+
+def test_a_runtime_that_cannot_run_the_artifact_is_refused(cli, tmp_path):
+    import shutil
+    from pathlib import Path
+
+    fixtures = Path(__file__).parent / "fixtures" / "before_records"
+    for name in ("manifest.json", "mobilenet_v1_0.25_32_random.int8.tflite"):
+        shutil.copy(fixtures / name, tmp_path / name)
+    _one_line(cli("bench", tmp_path, "--runtime", "onnxruntime", "--output", tmp_path / "r.json"),
+              "--runtime onnxruntime runs onnx artifacts only; mobilenet_v1_0.25_32_random.int8.tflite is a TFLite")

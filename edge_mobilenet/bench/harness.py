@@ -383,6 +383,18 @@ def summary_line(record: RunRecord) -> str:
             f"p90 {p90 if p90 is not None else float('nan'):9.3f} ms  {top1}{delegated}{flag}")
 
 
+RUNTIME_KINDS = {"litert": "tflite", "tflite-runtime": "tflite", "onnxruntime": "onnx"}
+
+
+def _check_runtime(runtime: str, artifacts: list[Artifact]) -> None:
+    """``--runtime`` must be able to run every artifact (auto picks one per artifact)."""
+    kind = RUNTIME_KINDS.get(runtime)
+    wrong = [a.path.name for a in artifacts if kind is not None and a.entry.runtime != kind]
+    if wrong:
+        raise EdgeError(f"--runtime {runtime} runs {kind} artifacts only; {wrong[0]} is a "
+                        f"{'ONNX' if kind == 'tflite' else 'TFLite'} model (use --runtime auto)")
+
+
 def run_bench_command(paths: list[str], device: str, profile_overrides: dict, overrides: dict, *,
                       quick: bool, output: str | None, preprocessing: tuple, echo) -> int:
     """The bench command: everything checked on the host first (profile, settings, artifacts, the
@@ -397,6 +409,7 @@ def run_bench_command(paths: list[str], device: str, profile_overrides: dict, ov
                                      benchmark_binary=profile.benchmark_binary),
                        **{**(QUICK if quick else {}), **{k: v for k, v in overrides.items() if v is not None}})
     found = resolve_artifacts(paths, preprocessing_from(*preprocessing))
+    _check_runtime(settings.runtime, found)
     results = ResultsFile(output or f"build/results/{profile.name}.json")
     transport = make_transport(profile)
     echo(f"{len(found)} artifact(s) on {profile.name} ({transport.describe()}), "
