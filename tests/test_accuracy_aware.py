@@ -60,6 +60,18 @@ def test_quant_report_refuses_a_float_model_that_does_not_match(trained, tmp_pat
     build_model("mobilenet_v1", alpha=0.25, size=48, classes=10).save(other)
     result = _cli("quant-report", tmp_path / "mobilenet_v1_0.25_32.int8.tflite", "--float", other, check=False)
     assert result.returncode != 0 and "does not match the float model" in result.stderr
+    # same shapes, other weights: refused by the manifest's source sha256, and without a manifest by
+    # the predictions
+    same_shape = tmp_path / "same_shape.keras"
+    build_model("mobilenet_v1", alpha=0.25, size=32, classes=10).save(same_shape)
+    artifact = tmp_path / "mobilenet_v1_0.25_32.int8.tflite"
+    result = _cli("quant-report", artifact, "--float", same_shape, check=False)
+    assert result.returncode == 2 and "was made from" in result.stderr and "not from" in result.stderr
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / artifact.name).write_bytes(artifact.read_bytes())
+    result = _cli("quant-report", alone / artifact.name, "--float", same_shape, check=False)
+    assert result.returncode == 2 and "it was not converted from that float model" in result.stderr
 
 
 def test_target_reaching_float_keeps_layers_in_float(trained, tmp_path):

@@ -79,6 +79,26 @@ def manifest_entry(artifact: Path):
     return read_manifest(artifact.parent, require_artifacts=False).entry(artifact.name)
 
 
+MIN_AGREEMENT_WITH_SOURCE = 0.5
+
+
+def check_made_from(artifact: Path, entry, float_model, inputs) -> None:
+    """Refuse a --float that is not the model the artifact was converted from: the manifest's source
+    sha256 when there is one, else the artifact's and the float model's predictions on the images."""
+    from edge_mobilenet.contracts.metrics import agreement
+    from edge_mobilenet.runtimes.sessions import run_artifact
+
+    if entry is not None and entry.source_sha256 and entry.source_sha256 != float_model.sha256:
+        raise EdgeError(f"{artifact}: was made from {entry.source_file} (sha256 {entry.source_sha256[:12]}), "
+                        f"not from {float_model.path} (sha256 {float_model.sha256[:12]})")
+    sample = inputs[:32]
+    runtime = "onnx" if artifact.suffix == ".onnx" else "tflite"
+    share = agreement(run_artifact(artifact, runtime, sample), float_model.model.predict(sample, verbose=0))
+    if share < MIN_AGREEMENT_WITH_SOURCE:
+        raise EdgeError(f"{artifact}: agrees with {float_model.path} on {share:.0%} of {len(sample)} images; "
+                        "it was not converted from that float model")
+
+
 def _layer_rows(artifact: Path, float_model, inputs, debug_count: int):
     """Per-layer errors of ``artifact`` (int8 TFLite or QDQ ONNX) and the Keras layer order."""
     from edge_mobilenet.contracts.formats import format_of_file
@@ -121,6 +141,7 @@ def run_quant_report(artifact: str | Path, float_path: str | Path, *, calibratio
     check_artifact_matches(artifact, float_model.model)
     images = load_calibration(source, float_model.size, float_model.preprocessing)
     inputs = images.inputs(float_model.preprocessing)
+    check_made_from(artifact, entry, float_model, inputs)
     float_model.apply_hard_swish_rewrite(rewrite, inputs[:8])  # as the artifact was made
     try:
         rows, model_order = _layer_rows(artifact, float_model, inputs, debug_count)
