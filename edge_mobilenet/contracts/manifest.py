@@ -33,6 +33,31 @@ def tool_versions() -> dict:
     return versions
 
 
+# CPU features whose presence changes which kernels oneDNN / XNNPACK / ONNX Runtime pick (so the
+# floating-point rounding of training and calibration, hence the artifact bytes).
+ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16",
+             "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp", "sve", "i8mm")
+
+
+def build_environment() -> dict:
+    """What an artifact's bytes depend on besides its inputs: the CPU's ISA, the oneDNN switch and
+    the Python; with ``tool_versions`` this says where the same commit gives the same bytes."""
+    import os
+    import platform
+
+    flags = set()
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8", errors="replace"):
+            if line.startswith(("flags", "Features")):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    return {"machine": platform.machine(), "python": platform.python_version(),
+            "cpu_isa": [f for f in ISA_FLAGS if f in flags],
+            "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default")}
+
+
 @dataclass(frozen=True)
 class ManifestFile:
     """A manifest as read: its path, folder, schema and entries."""

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_mobilenet.contracts.formats import Format
-from edge_mobilenet.contracts.manifest import Manifest, tool_versions
+from edge_mobilenet.contracts.manifest import Manifest, build_environment, tool_versions
 from edge_mobilenet.contracts.records import ArtifactEntry, TensorSpec, Validation
 from edge_mobilenet.convert.builders import BUILDERS
 from edge_mobilenet.convert.settings import QuantizeSettings
@@ -182,5 +182,5 @@ def _entry(float_model: FloatModel, fmt: Format, target: Path, name: str, calibr
         params=float_model.params, macs=float_model.macs,
         calibration=calibration_set.record() if fmt.calibrated and calibration_set is not None else None,
         validation=validation,
-        facts={"tool_versions": tool_versions(), "cache_key": key,
+        facts={"tool_versions": tool_versions(), "build_environment": build_environment(), "cache_key": key,
                "hard_swish_rewrite": float_model.hard_swish_rewrite, **built, **facts})
