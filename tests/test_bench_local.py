@@ -123,3 +123,26 @@ Inference timings in us: Init: 12345, First inference: 24567, Warmup (avg): 1358
     assert latency["p50_ms"] == pytest.approx(13.146) and latency["mean_ms"] == pytest.approx(13.1713)
     assert latency["init_ms"] == pytest.approx(12.345) and latency["count"] == 76
     assert latency["min_ms"] == pytest.approx(12.886) and latency["p90_ms"] is None
+
+
+def test_interleaved_rounds_give_per_round_ratios_to_float(bench_artifacts, tmp_path, run_cli):
+    """--rounds: every format of a source in one runner process, alternating rounds (real LiteRT + ORT)."""
+    results = tmp_path / "r.json"
+    result = run_cli("bench", bench_artifacts, *QUICK, "--rounds", 6, "--round-runs", 5, "--output", results)
+    assert result.returncode == 0, result.stderr
+    runs = {r["format"]: r for r in json.loads(results.read_text())["runs"]}
+    assert set(runs) == {"fp32", "int8", "onnx", "onnx-int8"}
+    for fmt, run in runs.items():
+        rounds = run["latency"]["rounds"]
+        assert rounds["count"] == 6 and rounds["runs_per_round"] == 5 and len(rounds["p50_ms"]) == 6
+        assert run["latency"]["count"] == 30 and run["accuracy"]["top1"] is not None
+    ratio = runs["int8"]["latency"]["rounds"]["ratio_vs_baseline"]
+    assert ratio["baseline"] == runs["fp32"]["artifact"] and ratio["q1"] <= ratio["median"] <= ratio["q3"]
+    assert runs["onnx-int8"]["latency"]["rounds"]["ratio_vs_baseline"]["baseline"] == runs["onnx"]["artifact"]
+    assert "x float (IQR" in result.stderr
+
+
+def test_runner_needs_rounds_for_several_models(tmp_path):
+    result = subprocess.run([sys.executable, device_runner.__file__, "--model", "a.tflite", "--inputs", "a.npz",
+                             "--model", "b.tflite", "--inputs", "b.npz"], capture_output=True, text=True)
+    assert result.returncode == 2 and "several models need --rounds" in result.stderr

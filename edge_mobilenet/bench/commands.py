@@ -34,13 +34,17 @@ import click
 @click.option("--warmup-seconds", type=float, default=None, help="[0.5]")
 @click.option("--timeout", "timeout_s", type=float, default=None, help="Seconds per artifact on the device [600].")
 @click.option("--output", default=None, help="Results JSON, appended per artifact [build/results/DEVICE.json].")
+@click.option("--rounds", type=int, default=None,
+              help="Interleave: time the artifacts of each source model in N alternating rounds in one "
+                   "process on the device; reports per-round ratios to the float baseline [off].")
+@click.option("--round-runs", type=int, default=None, help="Timed invokes per artifact per round [20].")
 @click.option("--preprocessing", default=None, type=click.Choice(["symmetric", "raw", "unit"]),
               help="Input scaling of bare .tflite/.onnx files without a manifest [symmetric: (x-127.5)/127.5].")
 @click.option("--mean", type=float, default=None, help="Bare artifacts: (pixel - mean) / std.")
 @click.option("--std", type=float, default=None, help="Bare artifacts: (pixel - mean) / std.")
 def bench(artifacts, device, host, user, port, identity, ssh_config, serial, adb, python_, runtime, threads,
           cpus, benchmark_binary, eval_dir, eval_count, quick, min_runs, min_seconds, max_seconds,
-          warmup_runs, warmup_seconds, timeout_s, output, preprocessing, mean, std):
+          warmup_runs, warmup_seconds, timeout_s, output, rounds, round_runs, preprocessing, mean, std):
     """Run ARTIFACTS (folders with a manifest, manifests, .tflite/.onnx files) on a device.
 
     Default ARTIFACTS: build/artifacts. Exit status 1 if any artifact failed.
@@ -52,7 +56,7 @@ def bench(artifacts, device, host, user, port, identity, ssh_config, serial, adb
                    benchmark_binary=benchmark_binary)
     overrides = dict(min_runs=min_runs, min_seconds=min_seconds, max_seconds=max_seconds, eval_dir=eval_dir,
                      warmup_runs=warmup_runs, warmup_seconds=warmup_seconds, timeout_s=timeout_s,
-                     eval_count=eval_count)
+                     eval_count=eval_count, rounds=rounds, round_runs=round_runs)
     failed = run_bench_command(list(artifacts) or ["build/artifacts"], device, profile, overrides, quick=quick,
                                output=output, preprocessing=(preprocessing, mean, std), echo=click.echo)
     sys.exit(1 if failed else 0)

@@ -48,6 +48,8 @@ class BenchSettings:
     eval_dir: str | None = None
     eval_count: int = 200
     benchmark_binary: str | None = None
+    rounds: int = 0  # > 0: the artifacts of one source are timed in this many alternating rounds
+    round_runs: int = 20
 
     def __post_init__(self):
         """Checked on the host before any device time."""
@@ -67,6 +69,8 @@ class BenchSettings:
             raise EdgeError(f"--timeout ({self.timeout_s} s) must exceed --max-seconds + --warmup-seconds")
         if self.eval_count < 1:
             raise EdgeError(f"--eval-count must be >= 1; received {self.eval_count}")
+        if self.rounds < 0 or self.round_runs < 1:
+            raise EdgeError(f"--rounds must be >= 0 and --round-runs >= 1; received {self.rounds}, {self.round_runs}")
         if self.cpus is not None:
             try:
                 device_runner._cpu_list(self.cpus)
@@ -78,6 +82,7 @@ class BenchSettings:
                 "--warmup-runs", str(self.warmup_runs), "--warmup-seconds", str(self.warmup_seconds),
                 "--min-runs", str(self.min_runs), "--min-seconds", str(self.min_seconds),
                 "--max-seconds", str(self.max_seconds)]
+        args += ["--rounds", str(self.rounds), "--round-runs", str(self.round_runs)] if self.rounds else []
         return args + (["--cpus", self.cpus] if self.cpus else [])
 
 
@@ -189,8 +194,8 @@ def parse_runner_output(result, transport: Transport) -> dict:
     return {"ok": False, "error_kind": "runner_failed", "error": last[0][:300]}
 
 
-def _run_one(transport: Transport, artifact: Artifact, index: int, batch: np.ndarray,
-             settings: BenchSettings) -> dict:
+def _push(transport: Transport, artifact: Artifact, index: int, batch: np.ndarray) -> tuple[str, str]:
+    """Copy the model and its input batch to the device's scratch folder; their names there."""
     with tempfile.TemporaryDirectory(prefix="edge-bench-batch-") as folder:
         npz = Path(folder) / "inputs.npz"
         np.savez(npz, inputs=batch)
@@ -198,15 +203,27 @@ def _run_one(transport: Transport, artifact: Artifact, index: int, batch: np.nda
         inputs_name = f"inputs_{index}.npz"
         transport.push(artifact.path, model_name)
         transport.push(npz, inputs_name)
-    argv = [transport.python, transport.remote("device_runner.py"), "--model", transport.remote(model_name),
-            "--inputs", transport.remote(inputs_name), *settings.runner_args()]
+    return model_name, inputs_name
+
+
+def _run_runner(transport: Transport, pushed: list[tuple[str, str]], settings: BenchSettings) -> dict:
+    """One runner process over the pushed models (several: interleaved rounds); its parsed result."""
+    argv = [transport.python, transport.remote("device_runner.py")]
+    for model_name, inputs_name in pushed:
+        argv += ["--model", transport.remote(model_name), "--inputs", transport.remote(inputs_name)]
+    argv += settings.runner_args()
     if transport.name == "ssh":
         argv.append("--exit-on-stdin-eof")
-    result = transport.run_in_scratch(argv, timeout=settings.timeout_s,
+    result = transport.run_in_scratch(argv, timeout=settings.timeout_s * len(pushed),
                                       keep_stdin_open=transport.name == "ssh")
-    transport.shell("rm -f " + " ".join(shlex.quote(transport.remote(n)) for n in (model_name, inputs_name)),
-                    timeout=60)
+    names = [transport.remote(n) for pair in pushed for n in pair]
+    transport.shell("rm -f " + " ".join(shlex.quote(n) for n in names), timeout=60)
     return parse_runner_output(result, transport)
+
+
+def _run_one(transport: Transport, artifact: Artifact, index: int, batch: np.ndarray,
+             settings: BenchSettings) -> dict:
+    return _run_runner(transport, [_push(transport, artifact, index, batch)], settings)
 
 
 BENCHMARK_MODEL_PATTERNS = {
@@ -326,22 +343,85 @@ class _Baselines:
         return found if found is not None else self.outputs.get((key[0], "tflite"))
 
 
-def _measure(transport: Transport, artifact: Artifact, index: int, settings: BenchSettings,
-             use_binary: bool, eval_cache: dict, baselines: _Baselines) -> tuple[dict, dict | None]:
-    """Run one artifact; (the runner's result, accuracy record or None)."""
+def _accuracy_of(artifact: Artifact, result: dict, evaluation, baselines: _Baselines) -> dict | None:
+    """Decode the runner's outputs and score them against the labels and the float baseline."""
     from edge_mobilenet.contracts.metrics import label_offset
 
     entry = artifact.entry
-    evaluation = _eval_images(entry, settings, eval_cache) if entry.trained_weights else None
-    pixels = evaluation.pixels if evaluation is not None else None
-    result = (_run_benchmark_model(transport, artifact, index, settings) if use_binary else
-              _run_one(transport, artifact, index, input_batch(entry, pixels), settings))
     outputs = decode_outputs(result, entry) if result.get("ok") else None
     baseline = baselines.for_entry(entry, outputs)
     if evaluation is None or evaluation.labels is None:
-        return result, None
+        return None
     offset = label_offset(int(entry.output.shape[-1]), evaluation.classes, str(artifact.path))
-    return result, accuracy(outputs, evaluation.labels, offset, baseline)
+    return accuracy(outputs, evaluation.labels, offset, baseline)
+
+
+def _evaluation(artifact: Artifact, settings: BenchSettings, eval_cache: dict):
+    return _eval_images(artifact.entry, settings, eval_cache) if artifact.entry.trained_weights else None
+
+
+def _measure(transport: Transport, artifact: Artifact, index: int, settings: BenchSettings,
+             use_binary: bool, eval_cache: dict, baselines: _Baselines) -> tuple[dict, dict | None]:
+    """Run one artifact; (the runner's result, accuracy record or None)."""
+    evaluation = _evaluation(artifact, settings, eval_cache)
+    pixels = evaluation.pixels if evaluation is not None else None
+    result = (_run_benchmark_model(transport, artifact, index, settings) if use_binary else
+              _run_one(transport, artifact, index, input_batch(artifact.entry, pixels), settings))
+    return result, _accuracy_of(artifact, result, evaluation, baselines)
+
+
+def _split(combined: dict, count: int) -> list[dict]:
+    """The interleaved runner's one result -> one result per model (device facts shared)."""
+    if not combined.get("ok"):
+        return [dict(combined) for _ in range(count)]
+    shared = {k: combined.get(k) for k in ("device", "memory", "throttled_during_run")}
+    return [{**shared, **entry} for entry in combined["results"]]
+
+
+def _round_ratios(members: list[Artifact], results: list[dict]) -> None:
+    """Per artifact, the median per-round p50 ratio to its float baseline (same process, alternating
+    rounds) with its interquartile range, stored under latency.rounds.ratio_vs_baseline."""
+    def rounds_of(result):
+        return ((result.get("latency") or {}).get("rounds") or {}).get("p50_ms") if result.get("ok") else None
+
+    pairs = list(zip(members, results))
+    for artifact, result in pairs:
+        entry = artifact.entry
+        candidates = [(a, r) for a, r in pairs if a.entry.is_baseline and rounds_of(r)]
+        same_runtime = [(a, r) for a, r in candidates if a.entry.runtime == entry.runtime]
+        if not (same_runtime or candidates) or not rounds_of(result):
+            continue
+        base_artifact, base = (same_runtime or candidates)[0]
+        ratios = np.asarray(rounds_of(result)) / np.asarray(rounds_of(base))
+        result["latency"]["rounds"]["ratio_vs_baseline"] = {
+            "baseline": base_artifact.path.name, "median": round(float(np.median(ratios)), 4),
+            "q1": round(float(np.percentile(ratios, 25)), 4), "q3": round(float(np.percentile(ratios, 75)), 4)}
+
+
+def _measure_group(transport: Transport, members: list[tuple[int, Artifact]], settings: BenchSettings,
+                   eval_cache: dict, baselines: _Baselines) -> list[tuple[Artifact, dict, dict | None]]:
+    """The artifacts of one source in one interleaved runner process."""
+    evaluations = [_evaluation(a, settings, eval_cache) for _, a in members]
+    pushed = [_push(transport, a, i, input_batch(a.entry, e.pixels if e is not None else None))
+              for (i, a), e in zip(members, evaluations)]
+    results = _split(_run_runner(transport, pushed, settings), len(members))
+    _round_ratios([a for _, a in members], results)
+    return [(a, r, _accuracy_of(a, r, e, baselines)) for (_, a), r, e in zip(members, results, evaluations)]
+
+
+def _measured(transport: Transport, artifacts: list[Artifact], settings: BenchSettings, use_binary: bool):
+    """Yield (artifact, runner result, accuracy) as each artifact (or, with --rounds, each source's group
+    of artifacts) finishes."""
+    eval_cache, baselines = {}, _Baselines()
+    if settings.rounds and not use_binary:
+        groups: dict = {}
+        for index, artifact in enumerate(artifacts):
+            groups.setdefault(artifact.entry.source_sha256, []).append((index, artifact))
+        for members in groups.values():
+            yield from _measure_group(transport, members, settings, eval_cache, baselines)
+        return
+    for index, artifact in enumerate(artifacts):
+        yield (artifact, *_measure(transport, artifact, index, settings, use_binary, eval_cache, baselines))
 
 
 def bench(artifacts: list[Artifact], transport: Transport, device_name: str, settings: BenchSettings,
@@ -349,16 +429,15 @@ def bench(artifacts: list[Artifact], transport: Transport, device_name: str, set
     """Run every artifact; append each result as it finishes; always clean the device up."""
     from tqdm import tqdm
 
-    records, eval_cache, baselines = [], {}, _Baselines()
+    records = []
     try:
         use_binary = _prepare(transport, settings)
-        progress = tqdm(artifacts, desc=f"bench on {device_name}", unit="model", leave=False)
-        for index, artifact in enumerate(progress):
-            result, accuracy_record = _measure(transport, artifact, index, settings, use_binary, eval_cache,
-                                               baselines)
+        progress = tqdm(total=len(artifacts), desc=f"bench on {device_name}", unit="model", leave=False)
+        for artifact, result, accuracy_record in _measured(transport, artifacts, settings, use_binary):
             record = run_record(artifact, result, device_name, transport, settings, accuracy_record)
             results.append(record)
             records.append(record)
+            progress.update(1)
             progress.write(summary_line(record), file=sys.stderr) if log is None else log(summary_line(record))
     except BaseException:
         try:
@@ -378,6 +457,9 @@ def summary_line(record: RunRecord) -> str:
     delegated = (f"  XNNPACK {runtime['nodes_delegated']}/{runtime['nodes_total']} in {runtime['partitions']}"
                  if runtime.get("nodes_total") else "")
     flag = "  EMULATED" if record.emulated else ""
+    ratio = (latency.get("rounds") or {}).get("ratio_vs_baseline")
+    if ratio and not record.artifact == ratio["baseline"]:
+        flag = f"  {ratio['median']:.2f}x float (IQR {ratio['q1']:.2f}-{ratio['q3']:.2f})" + flag
     p90 = latency.get("p90_ms")
     return (f"  {record.artifact:44s} {runtime.get('name', '?'):14s} p50 {latency['p50_ms']:9.3f} ms  "
             f"p90 {p90 if p90 is not None else float('nan'):9.3f} ms  {top1}{delegated}{flag}")

@@ -64,7 +64,10 @@ def notes(row: RunRow) -> str:
     run = row.run
     if run.status != "ok":
         return f"FAILED: {run.error or 'no error recorded'}"
-    found = [split_flag(run), row.baseline_note or ""]
+    ratio = res.interleaved_ratio(run)
+    interleaved = (f"interleaved {ratio['median']:.2f}× float time (IQR {ratio['q1']:.2f}–{ratio['q3']:.2f})"
+                   if ratio and ratio["baseline"] != run.artifact else "")
+    found = [split_flag(run), row.baseline_note or "", interleaved]
     if run.valid is False:
         found.append("INVALID: the device throttled during the run")
     return "; ".join(n for n in found if n)

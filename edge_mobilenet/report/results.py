@@ -29,7 +29,8 @@ class RunRow:
         model: the source model's name (the artifact name without its format suffix).
         baseline: the float run it is compared with, or None.
         baseline_note: how the baseline was chosen when it is not the usual one, else None.
-        speed_up_vs_float: baseline p50 / this run's p50 (1.0 for the baseline itself).
+        speed_up_vs_float: baseline p50 / this run's p50 (1.0 for the baseline itself); with interleaved
+            rounds, 1 / the median per-round ratio (drift cancels).
         gmac_per_s: MACs / p50 seconds / 1e9.
         delta_top1_vs_float_pt: top-1 minus the float top-1, in percentage points.
         latest: False when a later run of the same artifact (same device, runtime, threads) exists.
@@ -122,6 +123,12 @@ def _index(run: RunRecord, runs: list[RunRecord]) -> int:
     return next(i for i, r in enumerate(runs) if r is run)
 
 
+def interleaved_ratio(run: RunRecord) -> dict | None:
+    """``{"median", "q1", "q3", "baseline"}``: per-round p50 ratio to the float baseline measured in
+    alternating rounds in one process (``bench --rounds``), or None."""
+    return ((run.latency or {}).get("rounds") or {}).get("ratio_vs_baseline") if run.ok else None
+
+
 def speed_up(baseline_p50_ms: float | None, run_p50_ms: float | None) -> float | None:
     """How many times faster than the baseline (> 1 is faster)."""
     if not baseline_p50_ms or not run_p50_ms:
@@ -156,7 +163,8 @@ def analyse(runs: list[RunRecord]) -> list[RunRow]:
         baseline, note = find_baseline(run, runs) if run.status == "ok" else (None, None)
         rows.append(RunRow(
             run=run, model=model_of(run), baseline=baseline, baseline_note=note,
-            speed_up_vs_float=speed_up(p50_ms(baseline) if baseline else None, p50_ms(run)),
+            speed_up_vs_float=(1 / interleaved_ratio(run)["median"] if interleaved_ratio(run) else
+                               speed_up(p50_ms(baseline) if baseline else None, p50_ms(run))),
             gmac_per_s=gmac_per_s(run.macs, p50_ms(run)),
             delta_top1_vs_float_pt=delta_top1_pt(run, baseline), latest=id(run) in latest_ids))
     return sorted(rows, key=_order(runs))

@@ -14,7 +14,13 @@ Conditions that change latency are reported, not fixed: the CPU governor (warn u
 temperature and Raspberry Pi throttling (`vcgencmd get_throttled`, before and after the run), and
 whether the process runs under emulation (qemu-user: then latencies are meaningless).
 
+Interleaved (``--rounds R`` with several ``--model``/``--inputs`` pairs): every model is loaded and
+warmed up once, then timed in R rounds of ``--round-runs`` invokes, the models taking turns (the order
+rotates every round), all in this one process, so the device's drift (DVFS, heat, other load) falls
+on every model alike and the per-round ratios between them are what to compare.
+
     python3 device_runner.py --model m.tflite --inputs batch.npz [--threads 1] [--min-runs 50] ...
+    python3 device_runner.py --model a.tflite --inputs a.npz --model b.tflite --inputs b.npz --rounds 25
 """
 
 import argparse
@@ -31,7 +37,7 @@ import time
 
 import numpy as np
 
-RUNNER_VERSION = 1
+RUNNER_VERSION = 2
 THROTTLE_BITS = {0: "under_voltage", 1: "frequency_capped", 2: "throttled", 3: "soft_temperature_limit"}
 
 
@@ -238,15 +244,10 @@ def measure(model, inputs, args):
     model.invoke()
     first_ms = (time.perf_counter() - t0) * 1e3
     warmup = _time_runs(model, args.warmup_runs, args.warmup_seconds, args.max_seconds)
-    timed = sorted(_time_runs(model, args.min_runs, args.min_seconds, args.max_seconds, args.max_runs))
-    return {
-        "first_inference_ms": round(first_ms, 4),
-        "warmup": {"count": len(warmup), "mean_ms": round(float(np.mean(warmup)), 4) if warmup else None},
-        "count": len(timed), "min_ms": round(timed[0], 4), "max_ms": round(timed[-1], 4),
-        "mean_ms": round(float(np.mean(timed)), 4), "std_ms": round(float(np.std(timed)), 4),
-        "p50_ms": round(_percentile(timed, 50), 4), "p90_ms": round(_percentile(timed, 90), 4),
-        "p99_ms": round(_percentile(timed, 99), 4),
-    }
+    timed = _time_runs(model, args.min_runs, args.min_seconds, args.max_seconds, args.max_runs)
+    return {"first_inference_ms": round(first_ms, 4),
+            "warmup": {"count": len(warmup), "mean_ms": round(float(np.mean(warmup)), 4) if warmup else None},
+            **_stats(timed)}
 
 
 def outputs_of(model, inputs):
@@ -274,8 +275,11 @@ def _watch_stdin():
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Time one model; print one JSON object.")
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--inputs", required=True, help=".npz with an 'inputs' array in the model's dtype")
+    parser.add_argument("--model", required=True, action="append", help="repeat with --rounds to interleave")
+    parser.add_argument("--inputs", required=True, action="append",
+                        help=".npz with an 'inputs' array in the model's dtype (one per --model)")
+    parser.add_argument("--rounds", type=int, default=0, help="interleave the models in this many rounds")
+    parser.add_argument("--round-runs", type=int, default=20, help="timed invokes per model per round")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runtime", default="auto", choices=["auto", "litert", "tflite-runtime", "onnxruntime"])
     parser.add_argument("--warmup-runs", type=int, default=1)
@@ -287,7 +291,12 @@ def parse_args(argv=None):
     parser.add_argument("--cpus", default=None, help="CPU list to pin to, e.g. 4-7 or 0,2")
     parser.add_argument("--no-outputs", action="store_true", help="skip the per-row outputs")
     parser.add_argument("--exit-on-stdin-eof", action="store_true")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if len(args.model) != len(args.inputs):
+        parser.error("give one --inputs per --model")
+    if len(args.model) > 1 and args.rounds < 1:
+        parser.error("several models need --rounds N (interleaved timing)")
+    return args
 
 
 def _cpu_list(text):
@@ -298,29 +307,48 @@ def _cpu_list(text):
     return cpus
 
 
+def _load(path, args):
+    """(model, None) or (None, (error_kind, error)) for one artifact."""
+    onnx = path.endswith(".onnx") or args.runtime == "onnxruntime"
+    try:
+        return (OnnxModel(path, args.threads, args.runtime) if onnx else
+                TFLiteModel(path, args.threads, args.runtime)), None
+    except ImportError as error:
+        return None, ("no_runtime", "no onnxruntime: %s" % error)
+    except RuntimeError as error:
+        kind = "no_runtime" if str(error).startswith("no TFLite runtime") else "load_failed"
+        return None, (kind, str(error).splitlines()[0][:300])
+    except Exception as error:
+        return None, ("load_failed", ("%s" % error).splitlines()[0][:300])
+
+
+def _finish(result, args, throttle_before, baseline_kb):
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result["memory"] = {"peak_rss_kb": int(peak_kb), "before_model_rss_kb": int(baseline_kb),
+                        "model_rss_kb": int(peak_kb - baseline_kb)}
+    result["device"]["temperature_after_c"] = temperature_c()
+    throttle_after = throttling()
+    result["device"]["throttling_after"] = throttle_after
+    result["throttled_during_run"] = bool(throttle_after and (throttle_after["now"] or (
+        throttle_before is not None and throttle_after["since_boot"] != throttle_before["since_boot"])))
+    return result
+
+
 def run(args):
     if args.cpus and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, _cpu_list(args.cpus))
-    result = {"runner_version": RUNNER_VERSION, "ok": False, "model": os.path.basename(args.model),
+    result = {"runner_version": RUNNER_VERSION, "ok": False, "model": os.path.basename(args.model[0]),
               "settings": {k: v for k, v in vars(args).items() if k not in ("model", "inputs")}}
     result["device"] = device_facts()
     throttle_before = result["device"]["throttling"]
-    inputs = np.load(args.inputs)["inputs"]
+    if args.rounds > 0:
+        return run_interleaved(args, result, throttle_before)
+    inputs = np.load(args.inputs[0])["inputs"]
     baseline_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
-    onnx = args.model.endswith(".onnx") or args.runtime == "onnxruntime"
-    try:
-        model = OnnxModel(args.model, args.threads, args.runtime) if onnx else \
-            TFLiteModel(args.model, args.threads, args.runtime)
-    except ImportError as error:
-        result.update(error_kind="no_runtime", error="no onnxruntime: %s" % error)
-        return result
-    except RuntimeError as error:
-        kind = "no_runtime" if str(error).startswith("no TFLite runtime") else "load_failed"
-        result.update(error_kind=kind, error=str(error).splitlines()[0][:300])
-        return result
-    except Exception as error:
-        result.update(error_kind="load_failed", error=("%s" % error).splitlines()[0][:300])
+    model, failure = _load(args.model[0], args)
+    if failure:
+        result.update(error_kind=failure[0], error=failure[1])
         return result
     init_ms = (time.perf_counter() - started) * 1e3
     result["runtime"] = model.facts()
@@ -330,16 +358,62 @@ def run(args):
     if not args.no_outputs:
         result["outputs_npz_b64"] = outputs_of(model, inputs)
         result["outputs_count"] = int(len(inputs))
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    result["memory"] = {"peak_rss_kb": int(peak_kb), "before_model_rss_kb": int(baseline_kb),
-                        "model_rss_kb": int(peak_kb - baseline_kb)}
-    result["device"]["temperature_after_c"] = temperature_c()
-    throttle_after = throttling()
-    result["device"]["throttling_after"] = throttle_after
-    result["throttled_during_run"] = bool(throttle_after and (throttle_after["now"] or (
-        throttle_before is not None and throttle_after["since_boot"] != throttle_before["since_boot"])))
     result["ok"] = True
-    return result
+    return _finish(result, args, throttle_before, baseline_kb)
+
+
+def _stats(times):
+    timed = sorted(times)
+    return {"count": len(timed), "min_ms": round(timed[0], 4), "max_ms": round(timed[-1], 4),
+            "mean_ms": round(float(np.mean(timed)), 4), "std_ms": round(float(np.std(timed)), 4),
+            "p50_ms": round(_percentile(timed, 50), 4), "p90_ms": round(_percentile(timed, 90), 4),
+            "p99_ms": round(_percentile(timed, 99), 4)}
+
+
+def run_interleaved(args, result, throttle_before):
+    """Load every model, warm each up, then time them in alternating rounds; one result per model."""
+    baseline_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    entries = []
+    for path, inputs_path in zip(args.model, args.inputs):
+        inputs = np.load(inputs_path)["inputs"]
+        started = time.perf_counter()
+        model, failure = _load(path, args)
+        entry = {"model": os.path.basename(path), "ok": failure is None}
+        if failure:
+            entry.update(error_kind=failure[0], error=failure[1])
+        else:
+            entry.update(runtime=model.facts(), init_ms=round((time.perf_counter() - started) * 1e3, 3))
+            model.set_input(inputs[0:1])
+            t0 = time.perf_counter()
+            model.invoke()
+            entry["first_inference_ms"] = round((time.perf_counter() - t0) * 1e3, 4)
+            entry["warmup"] = len(_time_runs(model, args.warmup_runs, args.warmup_seconds, args.max_seconds))
+        entries.append((entry, model, inputs, []))
+    loaded = [e for e in entries if e[1] is not None]
+    for round_index in range(args.rounds):
+        shift = round_index % max(1, len(loaded))
+        for entry, model, inputs, rounds in loaded[shift:] + loaded[:shift]:
+            model.set_input(inputs[0:1])
+            rounds.append(_time_runs(model, args.round_runs, 0.0, args.max_seconds, args.round_runs))
+    result["results"] = [_interleaved_entry(entry, model, inputs, rounds, args) for entry, model, inputs, rounds in entries]
+    result["ok"] = True
+    return _finish(result, args, throttle_before, baseline_kb)
+
+
+def _interleaved_entry(entry, model, inputs, rounds, args):
+    if model is None:
+        return entry
+    latency = _stats([t for r in rounds for t in r])
+    latency.update(init_ms=entry.pop("init_ms"), first_inference_ms=entry.pop("first_inference_ms"),
+                   warmup={"count": entry.pop("warmup"), "mean_ms": None},
+                   rounds={"count": len(rounds), "runs_per_round": args.round_runs,
+                           "p50_ms": [round(_percentile(sorted(r), 50), 4) for r in rounds]})
+    entry["latency"] = latency
+    if not args.no_outputs:
+        model.set_input(inputs[0:1])
+        entry["outputs_npz_b64"] = outputs_of(model, inputs)
+        entry["outputs_count"] = int(len(inputs))
+    return entry
 
 
 def main(argv=None):
