@@ -238,10 +238,11 @@ def models():
 def _register_commands() -> None:
     """Commands defined beside their library code (each imports its heavy parts lazily)."""
     from edge_mobilenet.bench.commands import bench
+    from edge_mobilenet.bench.device_commands import device
     from edge_mobilenet.convert.check_command import check
     from edge_mobilenet.report.commands import compare, report
 
-    for command in (check, bench, report, compare):
+    for command in (check, bench, device, report, compare):
         main.add_command(command)
 
 

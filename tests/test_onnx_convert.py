@@ -11,6 +11,7 @@ from edge_mobilenet.data.images import load_digits
 from edge_mobilenet.data.preprocess import get_preprocessing
 from edge_mobilenet.errors import EdgeError
 from edge_mobilenet.fileio import sha256_file
+from edge_mobilenet.runtimes import onnx as onnx_runtime
 from edge_mobilenet.train import TrainSettings, load_keras_model, train_model
 
 
@@ -51,8 +52,8 @@ def test_float_export_has_fixed_batch_and_stable_input_name(float_onnx):
     assert facts["output_shape"] == [1, 10]
     assert facts["dtype"] == "float32"
     assert facts["opset"] >= 13 and facts["ir_version"] <= 8  # loads on onnxruntime >= 1.10
-    spec = onnx_convert.onnx_io_spec(path)
-    assert spec["input"] == {"name": "input", "shape": [1, 32, 32, 3], "dtype": "float32",
+    spec = onnx_runtime.onnx_io_spec(path)
+    assert spec["input"].to_json() == {"name": "input", "shape": [1, 32, 32, 3], "dtype": "float32",
                              "scale": None, "zero_point": None}
     assert not list(path.parent.glob(".*"))  # no temporary file left behind
 
@@ -68,10 +69,10 @@ def test_int8_qdq_agrees_with_float_and_keeps_float_io(float_onnx, int8_onnx, di
     assert facts["scheme"] == "U8S8" and facts["quant_format"] == "QDQ"
     assert facts["calibration_count"] == 96
     assert facts["op_counts"]["QuantizeLinear"] > 0 and facts["op_counts"]["DequantizeLinear"] > 0
-    spec = onnx_convert.onnx_io_spec(path)
-    assert spec["input"]["dtype"] == "float32" and spec["input"]["scale"] is None
-    float_top1 = onnx_convert.run_onnx(float_onnx[0], digits).argmax(1)
-    int8_top1 = onnx_convert.run_onnx(path, digits).argmax(1)
+    spec = onnx_runtime.onnx_io_spec(path)
+    assert spec["input"].dtype == "float32" and spec["input"].scale is None
+    float_top1 = onnx_runtime.run_onnx(float_onnx[0], digits).argmax(1)
+    int8_top1 = onnx_runtime.run_onnx(path, digits).argmax(1)
     assert np.mean(float_top1 == int8_top1) >= 0.95
 
 
@@ -87,7 +88,7 @@ def test_s8s8_and_options_by_keyword(float_onnx, digits, tmp_path):
                                        activation_type="int8", method="percentile")
     assert facts["scheme"] == "S8S8"
     assert facts["options"]["method"] == "percentile"
-    outputs = onnx_convert.run_onnx(tmp_path / "s8.onnx", digits[:4], threads=2)
+    outputs = onnx_runtime.run_onnx(tmp_path / "s8.onnx", digits[:4], threads=2)
     assert outputs.shape == (4, 10)
 
 
@@ -105,7 +106,7 @@ def test_bad_inputs_are_one_line_errors(float_onnx, digits, tmp_path):
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"this is not a protobuf \xff\xfe" * 10)
     with pytest.raises(EdgeError, match="not an ONNX model"):
-        onnx_convert.onnx_io_spec(junk)
+        onnx_runtime.onnx_io_spec(junk)
     with pytest.raises(EdgeError, match="non-empty"):
         onnx_convert.quantize_onnx(float_onnx[0], tmp_path / "out.onnx", np.zeros((0, 32, 32, 3), np.float32))
     with pytest.raises(EdgeError, match="calibration images are"):

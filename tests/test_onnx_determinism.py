@@ -2,9 +2,9 @@
 
 tf2onnx names the constants it merges (Relu6's 0 and 6, equal batch-norm factors, hard-swish's 3 and
 1/6) after whichever copy it met first, numbers its names in an order that varies between processes
-(``canonical_names`` fixes both) and leaves a varying number of no-op Reshapes in MobileNetV3
-(``drop_noop_reshapes``). Each conversion runs in its own ``python -c``. V1's QDQ file loses its shared
-constants (Clip and batch norm fold into the convolutions); V3's keeps some.
+(``canonical_names`` fixes both) and leaves a varying number of layout round trips (no-op Reshapes)
+in MobileNetV3 (``drop_layout_round_trips``). Each conversion runs in its own ``python -c``. V1's QDQ
+file loses its shared constants (Clip and batch norm fold into the convolutions); V3's keeps some.
 """
 
 import subprocess
@@ -110,20 +110,20 @@ def test_shared_constants_are_named_by_content(folder):
     assert len(set(names)) == len(names)
 
 
-def test_noop_reshapes_are_dropped(folder):
+def test_layout_round_trips_are_dropped(folder):
     """V3's squeeze-excite convolutions read the pooled [1, C, 1, 1] tensor without a Reshape."""
     raw = onnx.load(str(folder / "a.v3.raw.onnx"))
     reshapes = sum(node.op_type == "Reshape" for node in raw.graph.node)
-    dropped = onnx_convert.drop_noop_reshapes(raw)
+    dropped = onnx_convert.drop_layout_round_trips(raw)
     assert dropped > 0 and sum(node.op_type == "Reshape" for node in raw.graph.node) == reshapes - dropped
     onnx.checker.check_model(raw)
-    assert onnx_convert.drop_noop_reshapes(onnx.load(str(folder / "a.v3.onnx"))) == 0
+    assert onnx_convert.drop_layout_round_trips(onnx.load(str(folder / "a.v3.onnx"))) == 0
 
 
 @pytest.mark.parametrize("key", MODELS)
 def test_canonicalising_again_changes_nothing(folder, key):
     path = str(folder / f"a.{key}.onnx")
     model = onnx.load(path)
-    assert onnx_convert.drop_noop_reshapes(model) == 0
+    assert onnx_convert.drop_layout_round_trips(model) == 0
     onnx_convert.canonical_names(model.graph)
     assert model.SerializeToString() == onnx.load(path).SerializeToString()

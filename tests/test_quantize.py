@@ -169,10 +169,11 @@ def test_bad_input_one_line_nonzero_nothing_written(trained, tmp_path, case, mes
 
 
 def test_same_inputs_give_the_same_artifact_bytes(trained, tmp_path):
-    """Deterministic for a given seed: calibration choice, TFLite int8 and ONNX Runtime QDQ."""
+    """Deterministic for a given seed, across separate processes: calibration choice, TFLite int8,
+    tf2onnx float ONNX (canonicalised) and ONNX Runtime QDQ."""
     for name in ("a", "b"):
-        _quantize("--model", trained, "--formats", "int8,onnx-int8", "--count", 40, "--seed", 3,
+        _quantize("--model", trained, "--formats", "int8,onnx,onnx-int8", "--count", 40, "--seed", 3,
                   "--output", tmp_path / name)
-    for suffix in (".int8.tflite", ".int8.onnx"):
+    for suffix in (".int8.tflite", ".onnx", ".int8.onnx"):
         first = (tmp_path / "a" / f"{trained.stem}{suffix}").read_bytes()
         assert first == (tmp_path / "b" / f"{trained.stem}{suffix}").read_bytes(), suffix

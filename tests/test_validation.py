@@ -143,3 +143,10 @@ def test_a_runtime_that_cannot_run_the_artifact_is_refused(cli, tmp_path):
         shutil.copy(fixtures / name, tmp_path / name)
     _one_line(cli("bench", tmp_path, "--runtime", "onnxruntime", "--output", tmp_path / "r.json"),
               "--runtime onnxruntime runs onnx artifacts only; mobilenet_v1_0.25_32_random.int8.tflite is a TFLite")
+
+
+def test_shipped_device_profiles_load():
+    from edge_mobilenet.bench.devices import PROFILE_DIR, load_profile
+
+    for path in sorted(PROFILE_DIR.glob("*.toml")):
+        assert load_profile(path.stem).name == path.stem

@@ -52,7 +52,8 @@ def load_profile(name: str, profile_dir: Path = PROFILE_DIR) -> DeviceProfile:
             close = difflib.get_close_matches(key, list(PROFILE_TYPES), n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(sorted(PROFILE_TYPES))}"
             raise EdgeError(f"{path}: unknown setting {key!r} ({hint})")
-        check(value, where / key, PROFILE_TYPES[key])
+        if value != "":  # "" leaves a setting unset (to be given by a flag)
+            check(value, where / key, PROFILE_TYPES[key])
     data = {k: (None if v == "" else v) for k, v in data.items()}
     if (data.get("threads") or 1) < 1:
         raise (where / "threads").fail(f"must be >= 1; received {data['threads']}")

@@ -65,8 +65,8 @@ class BenchSettings:
                 raise EdgeError(f"{flag} must be a finite number >= 0; received {value}")
         if self.max_seconds < self.min_seconds:
             raise EdgeError(f"--max-seconds ({self.max_seconds}) is below --min-seconds ({self.min_seconds})")
-        if self.timeout_s <= self.max_seconds + self.warmup_seconds:
-            raise EdgeError(f"--timeout ({self.timeout_s} s) must exceed --max-seconds + --warmup-seconds")
+        if self.timeout_s <= 0:
+            raise EdgeError(f"--timeout must be > 0 seconds; received {self.timeout_s}")
         if self.eval_count < 1:
             raise EdgeError(f"--eval-count must be >= 1; received {self.eval_count}")
         if self.rounds < 0 or self.round_runs < 1:

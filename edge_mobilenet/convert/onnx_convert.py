@@ -33,6 +33,7 @@ import numpy as np
 
 from edge_mobilenet.errors import EdgeError
 from edge_mobilenet.fileio import atomic_path
+from edge_mobilenet.runtimes.onnx import checked_images, error_line, load_onnx, onnx_io_spec, run_onnx
 
 INPUT_NAME = "input"
 ACTIVATION_TYPES = ("uint8", "int8")
@@ -81,86 +82,6 @@ class OnnxQuantOptions:
         return letter[self.activation_type] + letter[self.weight_type]
 
 
-def make_session(path: str | Path | bytes, threads: int = 1, source: str | None = None):
-    """An ONNX Runtime CPU session on a file or serialized model; with several threads, workers sleep
-    instead of spinning. ``source`` names the model in errors (default: the path)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    if threads > 1:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    model = path if isinstance(path, bytes) else str(path)
-    try:
-        return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
-    except Exception as error:  # ORT raises its own Fail/InvalidGraph/... types
-        name = source or (path if not isinstance(path, bytes) else "ONNX model")
-        raise EdgeError(f"{name}: ONNX Runtime can't load it: {_first_line(error)}") from None
-
-
-def run_onnx(model, inputs: np.ndarray, threads: int = 1) -> np.ndarray:
-    """Float inputs [N, H, W, C] -> outputs [N, ...], run in chunks of the model's fixed batch."""
-    session = model if hasattr(model, "run") else make_session(model, threads)
-    feed = session.get_inputs()[0]
-    batch = feed.shape[0] if isinstance(feed.shape[0], int) else len(inputs)
-    if len(inputs) % batch:
-        raise EdgeError(f"{len(inputs)} inputs is not a multiple of the model's batch {batch}")
-    chunks = [session.run(None, {feed.name: inputs[i:i + batch].astype(np.float32)})[0]
-              for i in range(0, len(inputs), batch)]
-    return np.concatenate(chunks)
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return (text.splitlines()[0] if text else type(error).__name__)[:200]
-
-
-def load_onnx(path: str | Path):
-    """The ONNX model at ``path``; a missing or non-ONNX file is an EdgeError."""
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise EdgeError(f"{path}: no such ONNX file")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as error:  # protobuf DecodeError and friends
-        raise EdgeError(f"{path}: not an ONNX model ({_first_line(error)})") from None
-    if not model.graph.node:
-        raise EdgeError(f"{path}: not an ONNX model (no graph nodes)")
-    return model
-
-
-def _value_spec(value) -> dict:
-    import onnx.helper
-
-    tensor_type = value.type.tensor_type
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
-    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)).name
-    return {"name": value.name, "shape": dims, "dtype": dtype, "scale": None, "zero_point": None}
-
-
-def opset_of(model) -> int:
-    """The default-domain (ai.onnx) opset the model imports."""
-    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=1)
-
-
-def onnx_io_spec(path: str | Path) -> dict:
-    """Input/output spec in the manifest's form, plus opset and IR version.
-
-    QDQ models quantize inside the graph, so their I/O stays float32 with null scale/zero_point.
-    """
-    model = load_onnx(path)
-    initializers = {t.name for t in model.graph.initializer}
-    inputs = [v for v in model.graph.input if v.name not in initializers]
-    if len(inputs) != 1 or len(model.graph.output) < 1:
-        raise EdgeError(f"{path}: expected one image input, found {len(inputs)} inputs")
-    return {"input": _value_spec(inputs[0]), "output": _value_spec(model.graph.output[0]),
-            "opset": opset_of(model), "ir_version": int(model.ir_version)}
-
-
 def _check_keras_input(model, batch: int) -> tuple[int, ...]:
     shape = tuple(model.input.shape)
     if len(shape) != 4 or shape[3] != 3 or None in shape[1:]:
@@ -201,15 +122,16 @@ def convert_onnx(model, output_path: str | Path, *, batch: int = 1, opset: int |
         with _quiet_tf2onnx():
             proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
     except Exception as error:  # tf2onnx raises many types with long messages
-        raise EdgeError(f"ONNX conversion failed: {_first_line(error)}") from None
+        raise EdgeError(f"ONNX conversion failed: {error_line(error)}") from None
     seconds = time.perf_counter() - started
+    drop_layout_round_trips(proto)
     canonical_names(proto.graph)
     with atomic_path(output_path, suffix=".onnx") as tmp:
         onnx.save(proto, str(tmp))
     spec = onnx_io_spec(output_path)
-    return {"input_name": spec["input"]["name"], "input_shape": spec["input"]["shape"],
-            "output_name": spec["output"]["name"], "output_shape": spec["output"]["shape"],
-            "dtype": spec["input"]["dtype"], "opset": spec["opset"], "ir_version": spec["ir_version"],
+    return {"input_name": spec["input"].name, "input_shape": list(spec["input"].shape),
+            "output_name": spec["outputs"][0].name, "output_shape": list(spec["outputs"][0].shape),
+            "dtype": spec["input"].dtype, "opset": spec["opset"], "ir_version": spec["ir_version"],
             "tf2onnx": tf2onnx.__version__, "convert_seconds": round(seconds, 2)}
 
 
@@ -224,32 +146,148 @@ def _sort_initializers(path: Path) -> None:
     onnx.save(model, str(path))
 
 
+def _static_shapes(model) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape, for every tensor ONNX shape inference gives fully static dims."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    shapes = {}
+    for value in (*inferred.input, *inferred.value_info, *inferred.output):
+        dims = value.type.tensor_type.shape.dim
+        if value.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims):
+            shapes[value.name] = tuple(d.dim_value for d in dims)
+    return shapes
+
+
+def _is_layout_only(node, shapes: dict) -> bool:
+    """A Reshape, or a Transpose that only moves size-1 dims: the two forms tf2onnx's transpose
+    optimizer leaves for NHWC <-> NCHW round trips; both keep element order. (Squeeze and friends
+    are left alone: ORT fuses more once those go, which moves results by a rounding step.)"""
+    if node.op_type == "Reshape":
+        return True
+    shape = shapes.get(node.input[0]) if node.op_type == "Transpose" else None
+    if shape is None:
+        return False
+    perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+    kept = [axis for axis in (perm or reversed(range(len(shape)))) if shape[axis] != 1]
+    return kept == sorted(kept)
+
+
+def drop_layout_round_trips(model) -> int:
+    """Bypass chains of layout-only ops (see _is_layout_only) that end in their start's shape: exact,
+    since such ops keep element order. Returns how many nodes were removed.
+
+    tf2onnx turns Transposes that only move size-1 dims into Reshapes ([1, C, 1, 1] -> [1, C, 1, 1] before
+    MobileNetV3's squeeze-excite and head convolutions) and removes some of them again, how many
+    depending on the process's node order (V3-Large 0.5/32: 285 or 286 nodes, about evenly), and now
+    and then leaves a Reshape -> Transpose round trip. Graph outputs keep their producer.
+    """
+    graph = model.graph
+    shapes = _static_shapes(model)
+    outputs = {v.name for v in graph.output}
+    root: dict[str, str] = {}  # output of a layout-only chain -> the tensor the chain starts from
+    alias: dict[str, str] = {}
+    for node in graph.node:
+        if len(node.output) != 1 or not _is_layout_only(node, shapes):
+            continue
+        start = root.get(node.input[0], node.input[0])
+        root[node.output[0]] = start
+        if node.output[0] not in outputs and shapes.get(start) is not None \
+                and shapes.get(start) == shapes.get(node.output[0]):
+            alias[node.output[0]] = start
+    if not alias:
+        return 0
+    for node in graph.node:
+        for position, name in enumerate(node.input):
+            node.input[position] = alias.get(name, name)
+    return _drop_unused(graph, set(root))
+
+
+def _drop_unused(graph, removable: set[str]) -> int:
+    """Remove nodes producing only ``removable`` tensors nobody reads, then unread initializers
+    those nodes read; value_info of removed tensors goes too. Returns how many nodes went."""
+    before = {name for node in graph.node for name in node.input}
+    needed = {v.name for v in graph.output}
+    kept = []
+    for node in reversed(graph.node):
+        if any(out in needed or out not in removable for out in node.output):
+            kept.append(node)
+            needed.update(node.input)
+    removed = len(graph.node) - len(kept)
+    del graph.node[:]
+    graph.node.extend(reversed(kept))
+    for tensor in [t for t in graph.initializer if t.name in before and t.name not in needed]:
+        graph.initializer.remove(tensor)
+    gone = removable - needed
+    for info in [v for v in graph.value_info if v.name in gone]:
+        graph.value_info.remove(info)
+    return removed
+
+
+def _tensor_digest(tensor) -> str:
+    """sha256 of an initializer's dtype, shape and values (not its name or storage field)."""
+    from onnx import numpy_helper
+
+    array = np.ascontiguousarray(numpy_helper.to_array(tensor))
+    digest = hashlib.sha256(f"{tensor.data_type}:{list(tensor.dims)}:".encode())
+    digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def _content_names(graph, keep: set[str]) -> dict[str, str]:
+    """Base names for initializers that several node inputs read, taken from their content.
+
+    tf2onnx merges equal constants (Relu6's 0 and 6, equal batch-norm factors, pads, shapes) into one
+    and keeps the name of whichever copy it met first, which varies between processes
+    (``conv_pw_13_relu_1/Relu6_max`` in one run, ``conv_dw_5_relu_1/Relu6_max`` in the next). An
+    initializer read once keeps the name of the layer that reads it.
+    """
+    import collections
+
+    reads = collections.Counter(name for node in graph.node for name in node.input)
+    return {t.name: f"shared_{_tensor_digest(t)[:16]}" for t in graph.initializer
+            if reads[t.name] > 1 and t.name not in keep}
+
+
 def canonical_names(graph) -> None:
     """Rename nodes and inner tensors by position, so the same model always serializes to the same bytes.
 
-    tf2onnx numbers the names it makes in an order that depends on Python's per-process string hashing;
-    the graph itself (op order, weights) is the same every time. Graph inputs and outputs keep their names.
+    tf2onnx numbers the names it makes (``__17``) in an order that varies between processes, even with
+    a fixed PYTHONHASHSEED, and names merged constants after an arbitrary copy (see _content_names);
+    the graph itself (op order, weights) is the same every time once drop_layout_round_trips has run.
+    Names become the tf2onnx name without its number (shared initializers: a content hash) plus
+    ``__n<node index>`` or ``__t<first use>``; initializers are listed in first-use order. Graph
+    inputs and outputs keep their names.
     """
     import re
 
     keep = {v.name for v in graph.input} | {v.name for v in graph.output}
+    bases = _content_names(graph, keep)
     names: dict[str, str] = {}
 
     def stable(name: str) -> str:  # keeps the Keras layer path tf2onnx put in the name
-        return re.sub(r"__\d+", "", name)
+        return re.sub(r"__[nt]?\d+", "", name)  # __n/__t: ours, so a second pass changes nothing
 
     def rename(name: str) -> str:
         if not name or name in keep:
             return name
-        return names.setdefault(name, f"{stable(name)}__t{len(names)}")
+        return names.setdefault(name, f"{bases.get(name) or stable(name)}__t{len(names)}")
 
     for index, node in enumerate(graph.node):
         node.name = f"{stable(node.name) or node.op_type}__n{index}"
         for field in (node.input, node.output):
             for position, name in enumerate(field):
                 field[position] = rename(name)
-    initializers = sorted(graph.initializer, key=lambda t: int(rename(t.name).rsplit("__t", 1)[1])
-                          if rename(t.name) not in keep else -1)
+    unread = sorted((t for t in graph.initializer if t.name not in names),  # none from tf2onnx
+                    key=lambda t: (stable(t.name), _tensor_digest(t)))
+    for tensor in unread:
+        rename(tensor.name)
+
+    def order(tensor) -> tuple[int, str]:  # kept names (initializers that are graph inputs) first
+        name = rename(tensor.name)
+        return (-1, name) if name in keep else (int(name.rsplit("__t", 1)[1]), "")
+
+    initializers = sorted(graph.initializer, key=order)
     for tensor in initializers:
         tensor.name = rename(tensor.name)
     del graph.initializer[:]
@@ -293,23 +331,6 @@ def _calibration_reader(input_name: str, inputs: np.ndarray, batch: int):
     return ArrayCalibrationReader()
 
 
-def _check_calibration(inputs, spec: dict, batch: int, source: Path) -> np.ndarray:
-    if not isinstance(inputs, np.ndarray) or inputs.ndim != 4 or len(inputs) == 0:
-        shape = getattr(inputs, "shape", None)
-        raise EdgeError("ONNX calibration needs a non-empty N x H x W x C float array; "
-                        f"received shape {shape}")
-    expected = spec["input"]["shape"][1:]
-    if list(inputs.shape[1:]) != expected:
-        raise EdgeError(f"{source}: calibration images are {list(inputs.shape[1:])} but the model "
-                        f"takes {expected}")
-    if len(inputs) % batch:
-        raise EdgeError(f"{len(inputs)} calibration images is not a multiple of batch {batch}")
-    inputs = np.ascontiguousarray(inputs, dtype=np.float32)
-    if not np.all(np.isfinite(inputs)):
-        raise EdgeError("ONNX calibration images contain NaN or infinite values")
-    return inputs
-
-
 def _quant_types(options: OnnxQuantOptions):
     from onnxruntime.quantization import CalibrationMethod, QuantType
 
@@ -341,7 +362,7 @@ def quantize_onnx(float_path: str | Path, output_path: str | Path, calibration_i
     options = replace(options or OnnxQuantOptions(), **overrides)
     float_path = Path(float_path)
     spec = onnx_io_spec(float_path)
-    inputs = _check_calibration(calibration_inputs, spec, batch, float_path)
+    inputs = checked_images(calibration_inputs, spec["input"].shape, batch, float_path, "ONNX calibration")
     activation, weight, method = _quant_types(options)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="edge-onnx-quant-") as folder:
@@ -350,7 +371,7 @@ def quantize_onnx(float_path: str | Path, output_path: str | Path, calibration_i
             quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
             with atomic_path(output_path, suffix=".onnx") as tmp, \
                     contextlib.redirect_stdout(io.StringIO()):  # entropy/percentile print progress
-                reader = _calibration_reader(spec["input"]["name"], inputs, batch)
+                reader = _calibration_reader(spec["input"].name, inputs, batch)
                 quantize_static(str(prepared), str(tmp), reader,
                                 quant_format=QuantFormat.QDQ, per_channel=options.per_channel,
                                 reduce_range=options.reduce_range, activation_type=activation,
@@ -360,7 +381,7 @@ def quantize_onnx(float_path: str | Path, output_path: str | Path, calibration_i
         except EdgeError:
             raise
         except Exception as error:  # ORT's quantizer raises many types
-            raise EdgeError(f"{float_path}: ONNX Runtime quantization failed: {_first_line(error)}") from None
+            raise EdgeError(f"{float_path}: ONNX Runtime quantization failed: {error_line(error)}") from None
     return {"scheme": options.scheme, "quant_format": "QDQ", "options": asdict(options),
             "default_activation_reason": DEFAULT_ACTIVATION_REASON,
             "calibration_count": int(len(inputs)),

@@ -26,7 +26,7 @@ from edge_mobilenet.errors import EdgeError
 from edge_mobilenet.fileio import sha256_file
 
 # Bumped when the manifest facts an artifact carries change, so older entries are rebuilt.
-PIPELINE_VERSION = 3
+PIPELINE_VERSION = 4  # 4: ONNX graphs canonicalised (same bytes in every process)
 
 # Runtimes every artifact is checked against (from its operator versions / opset) in the manifest.
 RUNTIMES_CHECKED = {"tflite": ("tflite-runtime==2.14", "ai-edge-litert==2.3"),

@@ -98,3 +98,20 @@ def onnx_io_spec(path: str | Path) -> dict:
         raise EdgeError(f"{path}: expected one image input, found {len(inputs)} inputs")
     return {"input": value_spec(inputs[0]), "outputs": tuple(value_spec(o) for o in model.graph.output),
             "opset": opset_of(model), "ir_version": int(model.ir_version)}
+
+
+def checked_images(inputs, shape, batch: int, source, purpose: str) -> np.ndarray:
+    """``inputs`` as a contiguous float32 N x H x W x C batch that fits a model taking ``shape`` in
+    chunks of ``batch``; one line naming ``purpose`` ("calibration", "the error report") otherwise."""
+    if not isinstance(inputs, np.ndarray) or inputs.ndim != 4 or len(inputs) == 0:
+        raise EdgeError(f"{purpose} needs a non-empty N x H x W x C float array; "
+                        f"received shape {getattr(inputs, 'shape', None)}")
+    expected = list(shape[1:])
+    if list(inputs.shape[1:]) != expected:
+        raise EdgeError(f"{source}: {purpose} images are {list(inputs.shape[1:])} but the model takes {expected}")
+    if len(inputs) % batch:
+        raise EdgeError(f"{len(inputs)} {purpose} images is not a multiple of the model's batch {batch}")
+    inputs = np.ascontiguousarray(inputs, dtype=np.float32)
+    if not np.all(np.isfinite(inputs)):
+        raise EdgeError(f"{purpose} images contain NaN or infinite values")
+    return inputs

@@ -28,7 +28,7 @@ import numpy as np
 from edge_mobilenet.convert.onnx_convert import OnnxQuantOptions, quantize_onnx
 from edge_mobilenet.convert.quant.tflite_debug import LayerError, keras_layer_of
 from edge_mobilenet.errors import EdgeError
-from edge_mobilenet.runtimes.onnx import error_line, load_onnx, make_session, onnx_io_spec
+from edge_mobilenet.runtimes.onnx import checked_images, error_line, load_onnx, make_session, onnx_io_spec
 
 QUANT_INPUT_SUFFIX = "_QuantizeLinear_Input"  # ORT renames a graph output it quantizes
 REFERENCE_TAG = "__float_reference"
@@ -283,26 +283,12 @@ def _renamed(tensor, name: str):
     return copy
 
 
-def _check_inputs(inputs, shape: list, batch: int, source) -> np.ndarray:
-    if not isinstance(inputs, np.ndarray) or inputs.ndim != 4 or len(inputs) == 0:
-        raise EdgeError(f"quantization error report needs a non-empty N x H x W x C float array; "
-                        f"received shape {getattr(inputs, 'shape', None)}")
-    if list(inputs.shape[1:]) != list(shape[1:]):
-        raise EdgeError(f"{source}: images are {list(inputs.shape[1:])} but the model takes {shape[1:]}")
-    if len(inputs) % batch:
-        raise EdgeError(f"{len(inputs)} images is not a multiple of the model's batch {batch}")
-    inputs = np.ascontiguousarray(inputs, dtype=np.float32)
-    if not np.all(np.isfinite(inputs)):
-        raise EdgeError("quantization error report: the images contain NaN or infinite values")
-    return inputs
-
-
 def _measure(model, probes: list[_Probe], inputs: np.ndarray, source) -> dict[str, dict]:
     """Squared error, squared signal, count and max |error| per probe over ``inputs``."""
     session = make_session(model.SerializeToString(), source=str(source))
     feed = session.get_inputs()[0]
     batch = feed.shape[0] if isinstance(feed.shape[0], int) else 1
-    inputs = _check_inputs(inputs, feed.shape, batch, source)
+    inputs = checked_images(inputs, feed.shape, batch, source, "the quantization error report")
     names = [name for probe in probes for name in (probe.quantized_output, probe.reference_output)]
     totals = {p.tensor: {"error_sq": 0.0, "signal_sq": 0.0, "count": 0, "max_abs": 0.0} for p in probes}
     for start in range(0, len(inputs), batch):
