@@ -40,8 +40,10 @@ ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni
 
 
 def build_environment() -> dict:
-    """What an artifact's bytes depend on besides its inputs: the CPU's ISA, the oneDNN switch and
-    the Python; with ``tool_versions`` this says where the same commit gives the same bytes."""
+    """What an artifact's bytes depend on besides its inputs: the CPU's ISA (oneDNN, used for
+    training and calibration, is capped at ``onednn_max_cpu_isa``; LiteRT's and ONNX Runtime's own
+    kernels still follow the host's), the oneDNN switches and the Python; with ``tool_versions`` this
+    says where the same commit gives the same bytes."""
     import os
     import platform
 
@@ -55,7 +57,8 @@ def build_environment() -> dict:
         pass
     return {"machine": platform.machine(), "python": platform.python_version(),
             "cpu_isa": [f for f in ISA_FLAGS if f in flags],
-            "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default")}
+            "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "host")}
 
 
 @dataclass(frozen=True)
