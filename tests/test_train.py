@@ -95,3 +95,33 @@ def test_bad_dataset_folders_fail_with_one_clear_line(tmp_path, case):
         train_model(TrainSettings(data_dir=str(root), epochs=1, output_dir=str(tmp_path / "out"),
                                   progress=False))
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+_WEIGHTS_OF_A_RUN = """
+import hashlib, sys
+import numpy as np
+from edge_mobilenet.train import TrainSettings, train_model, load_keras_model
+m = train_model(TrainSettings(epochs=2, output_dir=sys.argv[1], progress=False))
+weights = load_keras_model(m["model_path"]).get_weights()
+print(hashlib.sha256(b"".join(np.ascontiguousarray(w).tobytes() for w in weights)).hexdigest())
+"""
+
+
+def test_training_gives_the_same_weights_in_separate_processes(tmp_path):
+    """Seeds + oneDNN capped at AVX2 (edge_mobilenet/__init__.py): the recipe, not the process or the
+    CPU's wider vector units, decides the weights. ONEDNN_MAX_CPU_ISA changes them (so the cap acts)."""
+    import os
+    import subprocess
+    import sys
+
+    base = {k: v for k, v in os.environ.items() if k != "ONEDNN_MAX_CPU_ISA"}  # the package's default
+
+    def run(name, **env):
+        result = subprocess.run([sys.executable, "-c", _WEIGHTS_OF_A_RUN, str(tmp_path / name)], capture_output=True,
+                                text=True, env={**base, **env}, timeout=600)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stdout.split()[-1]
+
+    first = run("a")
+    assert run("b") == first
+    assert run("c", ONEDNN_MAX_CPU_ISA="SSE41") != first
