@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_mobilenet.train import calibrate_batch_norm
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 224
@@ -52,18 +54,6 @@ def images(shared: Path, count: int) -> np.ndarray:
     return chosen.pixels[order].astype(np.float32)
 
 
-def calibrate_bn(model, batch: np.ndarray) -> None:
-    import keras
-
-    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    momenta = [layer.momentum for layer in norms]
-    for layer in norms:
-        layer.momentum = 0.0
-    model(batch, training=True)
-    for layer, momentum in zip(norms, momenta):
-        layer.momentum = momentum
-
-
 def keras_variants(name: str, pixels: np.ndarray) -> dict:
     """{label: logits-output Keras model}, all with the same weights."""
     import keras
@@ -73,7 +63,7 @@ def keras_variants(name: str, pixels: np.ndarray) -> dict:
 
     keras.utils.set_random_seed(0)
     stock = build_model(name, size=SIZE, dropout=0.0, classifier_activation=None)
-    calibrate_bn(stock, pixels[:32])
+    calibrate_batch_norm(stock, pixels[:32])
     variants = {"stock": stock}
     if "minimalistic" not in name:
         decomposed = build_model(name, size=SIZE, dropout=0.0, classifier_activation=None,

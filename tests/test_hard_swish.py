@@ -10,23 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edge_mobilenet.train import calibrate_batch_norm
+
 SIZE = 64
 
 
 def _batch(count: int = 8, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).uniform(0, 255, (count, SIZE, SIZE, 3)).astype(np.float32)
-
-
-def _calibrate_bn(model, batch: np.ndarray) -> None:
-    import keras
-
-    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    momenta = [layer.momentum for layer in norms]
-    for layer in norms:
-        layer.momentum = 0.0
-    model(batch, training=True)
-    for layer, momentum in zip(norms, momenta):
-        layer.momentum = momentum
 
 
 def _v3(name: str, form: str, activation: str | None = None):
@@ -54,7 +44,7 @@ def _op_names(interpreter) -> set[str]:
 @pytest.fixture(scope="module")
 def fused_small():
     model = _v3("mobilenet_v3_small", "fused", "softmax")
-    _calibrate_bn(model, _batch())
+    calibrate_batch_norm(model, _batch())
     return model
 
 
@@ -63,7 +53,7 @@ def test_decomposed_equals_fused_in_float(name, tmp_path):
     import keras
 
     fused, decomposed = _v3(name, "fused"), _v3(name, "decomposed")
-    _calibrate_bn(fused, _batch())
+    calibrate_batch_norm(fused, _batch())
     assert [w.path for w in fused.weights] == [w.path for w in decomposed.weights]
     decomposed.set_weights(fused.get_weights())
     assert "HARD_SWISH" not in str([type(layer).__name__ for layer in decomposed.layers])
@@ -79,7 +69,7 @@ def test_decomposed_int8_is_one_xnnpack_partition():
     from edge_mobilenet.runtimes.delegation import delegation_stats
 
     model = _v3("mobilenet_v3_small", "decomposed", "softmax")
-    _calibrate_bn(model, _batch())
+    calibrate_batch_norm(model, _batch())
     _, interpreter = _int8(model)
     stats = delegation_stats(interpreter)
     assert "HARD_SWISH" not in _op_names(interpreter)
@@ -130,7 +120,7 @@ def test_rewrite_handles_keras_applications_hard_sigmoid():
     keras.utils.set_random_seed(3)
     model = keras.applications.MobileNetV3Small(input_shape=(SIZE, SIZE, 3), weights=None, alpha=0.75,
                                                 classes=10, classifier_activation=None)
-    _calibrate_bn(model, _batch())
+    calibrate_batch_norm(model, _batch())
     rewritten, report = rewrite_hard_swish(model)
     squeeze_excite = sum("squeeze_excite_mul" in layer.name for layer in model.layers)
     hard_swish = sum(isinstance(layer, keras.layers.Activation) for layer in model.layers) - 1

@@ -124,9 +124,14 @@ def tiny_conv_model(int8: bool, conv_version: int | None = None) -> bytes:
 
     ``conv_version`` overrides the CONV_2D operator version (1 for fp32, 3 for int8 by default).
     """
-    import flatbuffers
     import numpy as np
-    from flatbuffers import number_types as n
+
+    try:
+        import flatbuffers
+        from flatbuffers import number_types as n
+    except ImportError:
+        raise EdgeError("the doctor builds its test models with the `flatbuffers` package, which this host "
+                        "lacks (it comes with ai-edge-litert): pip install flatbuffers") from None
 
     rng = np.random.default_rng(0)
     weights = (rng.integers(-127, 128, (4, 1, 1, 3)).astype(np.int8) if int8
@@ -195,10 +200,16 @@ def measure(transport, envs: list[PythonEnv]) -> dict[str, dict]:
     results = {}
     for env in todo:
         answer = transport.run_in_scratch([env.executable, "-c", MEASURE, ",".join(_measurable(env))], timeout=600)
-        lines = [l for l in answer.stdout.splitlines() if l.startswith("EDGE_MEASURE ")]
-        results[env.prefix] = (json.loads(lines[-1][len("EDGE_MEASURE "):]) if lines else
-                               {"error": provision._last_line(answer.stderr) if not answer.timed_out else "timed out"})
+        results[env.prefix] = _measured(answer)
     return results
+
+
+def _measured(answer) -> dict:
+    lines = [l for l in answer.stdout.splitlines() if l.startswith("EDGE_MEASURE ")]
+    try:
+        return json.loads(lines[-1][len("EDGE_MEASURE "):])
+    except (IndexError, ValueError):
+        return {"error": "timed out" if answer.timed_out else provision._last_line(answer.stderr)}
 
 
 def _nodes(facts: dict) -> str | None:
@@ -213,8 +224,8 @@ def _tflite_finding(dist: str, env: PythonEnv, bench: bool, measured: dict | Non
     if measured is None or "error" in measured:
         error = (measured or {}).get("error", "not measured")
         return RuntimeFinding(dist, version, env.executable, bench, False, error=error)
-    fp32, int8 = measured["tflite"].get(RUNNER_NAMES[dist], {}).get("fp32", {}), \
-        measured["tflite"].get(RUNNER_NAMES[dist], {}).get("int8", {})
+    per_model = (measured.get("tflite") or {}).get(RUNNER_NAMES[dist], {})
+    fp32, int8 = per_model.get("fp32", {}), per_model.get("int8", {})
     error = fp32.get("error") or int8.get("error")
     return RuntimeFinding(dist, version, env.executable, bench, error is None, fp32.get("xnnpack"),
                           int8.get("xnnpack"), _nodes(fp32), _nodes(int8), error)
@@ -309,7 +320,9 @@ def _verdict(runtime: str, system: SystemFacts, base: PythonEnv | None, found: l
     others = [r for r in provision.RUNTIME_FLAGS if r != runtime
               and provision.find_wheel(r, machine, system.glibc, python)[0]]
     alternative = (f"edge-bench device setup {args} --runtime {provision.RUNTIME_FLAGS[others[0]]} --offline"
-                   if others else "none: no published wheel fits; a 64-bit OS with Python 3.11 has them all")
+                   if others else "none: no published wheel fits; a 64-bit OS with Python 3.11 has them all"
+                   if machine in provision.TABULATED_MACHINES else
+                   f"not tabulated for {machine}: `pip install {runtime}` in bench's Python if PyPI has it")
     return Verdict(runtime, "unavailable", f"not installable: {why}", alternative, wheel_text)
 
 
@@ -388,6 +401,16 @@ def _yes_no(value: bool | None, nodes: str | None, onnx: bool = False) -> str:
     return "no (CPU EP)" if onnx and value is False else f"{text} ({nodes})" if nodes else text
 
 
+X86_FEATURES = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def _shown_features(system: SystemFacts) -> list[str]:
+    """ARM: every feature (few, all relevant); x86: the ones that change inference kernels."""
+    if system.cpu_part or system.machine not in ("x86_64", "i686"):
+        return list(system.features)
+    return [f for f in system.features if f in X86_FEATURES]
+
+
 def _system_lines(report: DoctorReport) -> list[str]:
     s, base = report.system, next((e for e in report.pythons if e.executable == report.bench_python), None)
     userland = f"{base.userland} userland ({base.bits}-bit Python)" if base else "userland unknown (no Python)"
@@ -398,7 +421,7 @@ def _system_lines(report: DoctorReport) -> list[str]:
             f"  board         {s.model or 'unknown'}",
             f"  cpu           {', '.join(s.cpus) or 'unknown'} (CPU part {s.cpu_part or '?'}); {s.cores or '?'} "
             f"cores; asimddp (int8 dot product): {'yes' if s.asimddp else 'no'}",
-            f"  features      {' '.join(s.features) or 'unknown'}",
+            f"  features      {' '.join(_shown_features(s)) or 'unknown'}",
             f"  governor      {', '.join(s.governors) or 'n/a (no cpufreq)'}; temperature "
             f"{f'{s.temperature_c} C' if s.temperature_c is not None else 'n/a'}; throttling {throttling}",
             f"  glibc         {s.glibc or 'none (not a glibc system)'}"]
@@ -420,8 +443,8 @@ def doctor_table(report: DoctorReport) -> str:
     for f in report.runtimes:
         onnx = f.runtime == "onnxruntime"
         state = f"  {f.error or f.note}" if (f.error or f.note) else ""
-        lines.append(f"  {'*' if f.bench_python else ' '} {f.runtime:15s} {f.version:9s} "
-                     f"{_yes_no(f.fp32_xnnpack, f.fp32_nodes, onnx):13s} {_yes_no(f.int8_xnnpack, f.int8_nodes, onnx):13s} "
+        fp32, int8 = _yes_no(f.fp32_xnnpack, f.fp32_nodes, onnx), _yes_no(f.int8_xnnpack, f.int8_nodes, onnx)
+        lines.append(f"  {'*' if f.bench_python else ' '} {f.runtime:15s} {f.version:9s} {fp32:13s} {int8:13s} "
                      f"{f.python}{state}")
     if not report.runtimes:
         lines.append("    none installed")
@@ -431,8 +454,8 @@ def doctor_table(report: DoctorReport) -> str:
         lines += [f"  {'any runtime':15s} {v.status:12s} {v.detail}", f"  {'':15s} next: {v.next_command}"]
     else:
         for v in report.verdicts:
-            lines += [f"  {v.runtime:15s} {v.status:12s} {v.detail}", f"  {'':15s} {v.wheel}",
-                      f"  {'':15s} next: {v.next_command}"]
+            wheel = [] if v.status == "unavailable" else [f"  {'':15s} {v.wheel}"]
+            lines += [f"  {v.runtime:15s} {v.status:12s} {v.detail}", *wheel, f"  {'':15s} next: {v.next_command}"]
     return "\n".join(lines + [f"note: {n}" for n in report.notes])
 
 

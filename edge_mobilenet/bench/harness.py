@@ -486,7 +486,12 @@ def run_bench_command(paths: list[str], device: str, profile_overrides: dict, ov
     from edge_mobilenet.bench.artifacts import preprocessing_from, resolve_artifacts
     from edge_mobilenet.bench.devices import load_profile, make_transport, with_overrides
 
+    from edge_mobilenet.bench.doctor import refuse_unloadable
+    from edge_mobilenet.bench.provision import device_args, device_python
+
     profile = with_overrides(load_profile(device), **profile_overrides)
+    if profile_overrides.get("python") is None and (setup_python := device_python(profile)):
+        profile = replace(profile, python=setup_python)  # the environment `device setup` made
     settings = replace(BenchSettings(threads=profile.threads, runtime=profile.runtime, cpus=profile.cpus,
                                      benchmark_binary=profile.benchmark_binary),
                        **{**(QUICK if quick else {}), **{k: v for k, v in overrides.items() if v is not None}})
@@ -494,6 +499,7 @@ def run_bench_command(paths: list[str], device: str, profile_overrides: dict, ov
     _check_runtime(settings.runtime, found)
     results = ResultsFile(output or f"build/results/{profile.name}.json")
     transport = make_transport(profile)
+    refuse_unloadable(found, transport, settings.runtime, device_args(device, profile_overrides))
     echo(f"{len(found)} artifact(s) on {profile.name} ({transport.describe()}), "
          f"{settings.threads} thread(s); results -> {results.path}", err=True)
     records = bench(found, transport, profile.name, settings, results)

@@ -80,6 +80,8 @@ PUBLISHED_WHEELS = (
     Wheel("onnxruntime", "1.16.3", ("aarch64",), (2, 17), ("3.8", "3.9", "3.10", "3.11")),
 )
 
+TABULATED_MACHINES = ("aarch64", "armv7l", "armv6l")
+
 # ARM's MIDR part numbers (implementer 0x41), as in Linux arch/arm64/include/asm/cputype.h
 CPU_PARTS = {"0xb76": "ARM1176", "0xc07": "Cortex-A7", "0xd03": "Cortex-A53", "0xd04": "Cortex-A35",
              "0xd05": "Cortex-A55", "0xd07": "Cortex-A57", "0xd08": "Cortex-A72", "0xd09": "Cortex-A73",
@@ -272,7 +274,8 @@ def parse_system(text: str) -> SystemFacts:
         kernel=" ".join(x for x in (s.get("uname_s"), s.get("uname_r")) if x) or None,
         machine=s.get("uname_m") or None, os_name=_os_name(s), android=android,
         model=s.get("model") or cpu.get("Model") or cpu.get("Hardware"),
-        cpus=_cpu_names(parts), cpu_part=cpu.get("CPU part"), features=features,
+        cpus=_cpu_names(parts) or tuple(x for x in [cpu.get("model name")] if x), cpu_part=cpu.get("CPU part"),
+        features=features,
         asimddp="asimddp" in features, cores=int(cores[0]) if cores and cores[0].isdigit() else None,
         governors=tuple(sorted(set(s.get("governors", "").split()))),
         temperature_c=round(int(temp) / 1000, 1) if temp.lstrip("-").isdigit() else None,
@@ -294,9 +297,12 @@ def parse_pythons(text: str) -> list[PythonEnv]:
     envs = []
     for line in text.splitlines():
         if line.startswith("EDGE_PY {"):
-            data = json.loads(line[len("EDGE_PY "):])
-            data["libc"] = tuple(data.get("libc") or ("", ""))
-            envs.append(PythonEnv(**data))
+            try:
+                data = json.loads(line[len("EDGE_PY "):])
+                data["libc"] = tuple(data.get("libc") or ("", ""))
+                envs.append(PythonEnv(**data))
+            except (ValueError, TypeError):
+                continue  # a garbled line (e.g. another program's output): that interpreter is skipped
     return envs
 
 
@@ -319,6 +325,8 @@ def probe_pythons(transport, candidates: list[str], limit: int = 12) -> list[Pyt
 def find_wheel(runtime: str, machine: str | None, glibc: str | None, python: str | None) -> tuple[Wheel | None, str]:
     """The newest published wheel of ``runtime`` this device can install, or (None, why not)."""
     rows = [w for w in PUBLISHED_WHEELS if w.runtime == runtime]
+    if machine not in TABULATED_MACHINES:
+        return None, f"{machine or 'unknown architecture'} is not in the wheel table (it lists ARM Linux wheels)"
     if machine not in {m for w in rows for m in w.machines}:
         known = "/".join(sorted({m for w in rows for m in w.machines}))
         return None, f"no {machine or 'unknown-architecture'} wheels ({runtime} publishes {known} only)"
@@ -381,12 +389,16 @@ def device_python(profile) -> str | None:
     return state.get("python")
 
 
-def device_args(device: str, connection: dict) -> str:
-    """``--device pi --host pi-emu ...``: the flags that reach this device, for commands we print."""
+CONNECTION_FLAGS = ("host", "user", "port", "identity", "ssh_config", "serial", "adb")
+
+
+def device_args(device: str, overrides: dict) -> str:
+    """``--device pi --host pi-emu ...``: the flags that reach this device, for commands we print
+    (``overrides`` may be bench's whole profile-override dict: only connection flags are kept)."""
     args = ["--device", device]
-    for key, value in connection.items():
-        if value is not None and key != "python":
-            args += [f"--{key.replace('_', '-')}", str(value)]
+    for key in CONNECTION_FLAGS:
+        if overrides.get(key) is not None:
+            args += [f"--{key.replace('_', '-')}", str(overrides[key])]
     return shlex.join(args)
 
 
@@ -567,22 +579,30 @@ def _verify(transport, venv: str, wheel: Wheel) -> PythonEnv:
     return env
 
 
-def _install(transport, venv: str, wheel: Wheel, base: PythonEnv, system: SystemFacts,
-             request: SetupRequest, log) -> tuple[int, int]:
-    """Install into ``venv``; (wheels pushed, bytes pushed)."""
-    if not (request.offline or request.wheels_dir):
-        log(f"installing {wheel.requirement} and {wheel.numpy} with the device's pip")
-        _pip_install(transport, venv, wheel, None)
-        return 0, 0
-    glibc = system.glibc or base.libc[1]
+def _make(transport, venv: str, wheel: Wheel, base: PythonEnv, system: SystemFacts, request: SetupRequest,
+          log) -> tuple[str, str, int, int]:
+    """Create (or finish) the environment: (action, mode, wheels pushed, bytes pushed). Offline, the
+    host downloads first, so a failed download leaves the device as it was."""
+    offline = request.offline or bool(request.wheels_dir)
     with tempfile.TemporaryDirectory(prefix="edge-wheels-") as stage:
-        log(f"downloading {wheel.requirement} and {wheel.numpy} for cp{base.xy.replace('.', '')} "
-            f"{base.userland} on the host" + (f" from {request.wheels_dir}" if request.wheels_dir else ""))
-        wheels = download_wheels(wheel, base, glibc, Path(stage), request.wheels_dir)
-        folder, total = _push_wheels(transport, wheels, log)
-    log(f"installing {len(wheels)} wheels on the device (pip --no-index)")
-    _pip_install(transport, venv, wheel, folder)
-    return len(wheels), total
+        wheels = []
+        if offline:
+            log(f"downloading {wheel.requirement} and {wheel.numpy} for {base.tag} {base.userland} on the host"
+                + (f" from {request.wheels_dir}" if request.wheels_dir else ""))
+            wheels = download_wheels(wheel, base, system.glibc or base.libc[1], Path(stage), request.wheels_dir)
+        exists = transport.shell(f"test -x {shlex.quote(venv + '/bin/python3')}", timeout=60).returncode == 0
+        if not exists:
+            log(f"creating {venv} with {base.executable} (Python {base.version})")
+            _create_venv(transport, base, venv)
+        total = 0
+        if offline:
+            folder, total = _push_wheels(transport, wheels, log)
+            log(f"installing {len(wheels)} wheels on the device (pip --no-index)")
+            _pip_install(transport, venv, wheel, folder)
+        else:
+            log(f"installing {wheel.requirement} and {wheel.numpy} with the device's pip")
+            _pip_install(transport, venv, wheel, None)
+    return ("completed" if exists else "created"), ("offline" if offline else "online"), len(wheels), total
 
 
 def setup_device(profile, transport, request: SetupRequest, log=lambda message: None) -> SetupResult:
@@ -596,21 +616,15 @@ def setup_device(profile, transport, request: SetupRequest, log=lambda message: 
         wheel = choose_wheel(request.runtime, system, base)
         venv = f"{venv_root(system, transport, request.root)}/{wheel.runtime}-{wheel.version}-{base.tag}"
         env = _installed(transport, f"{venv}/bin/python3", wheel)
-        action, mode, pushed = "none", "checked", (0, 0)
+        outcome = ("none", "checked", 0, 0)
         if env is None:
-            exists = transport.shell(f"test -x {shlex.quote(venv + '/bin/python3')}", timeout=60).returncode == 0
-            if not exists:
-                log(f"creating {venv} with {base.executable} (Python {base.version})")
-                _create_venv(transport, base, venv)
-            action, mode = ("completed" if exists else "created"), ("offline" if request.offline or request.wheels_dir else "online")
-            pushed = _install(transport, venv, wheel, base, system, request, log)
+            outcome = _make(transport, venv, wheel, base, system, request, log)
             env = _verify(transport, venv, wheel)
             _write_marker(transport, venv, env, wheel)
     finally:
         transport.close()
     result = SetupResult(profile.name, transport.describe(), f"{venv}/bin/python3", wheel.runtime, wheel.version,
-                         env.packages.get("numpy"), action, mode, pushed[0], pushed[1],
-                         round(time.monotonic() - started, 1))
+                         env.packages.get("numpy"), *outcome, round(time.monotonic() - started, 1))
     write_state(result, env)
     return result
 
