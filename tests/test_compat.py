@@ -10,9 +10,9 @@ from click.testing import CliRunner
 
 from edge_mobilenet.convert import op_probe
 from edge_mobilenet.convert.check_command import check
-from edge_mobilenet.convert.compat import check_compat, parse_runtime, required_ops
-from edge_mobilenet.convert.runtime_ops import TFLITE_MAX_VERSIONS
-from edge_mobilenet.convert.tflite_ops import OPERATOR_CODES, operator_name
+from edge_mobilenet.runtimes.compat import check_compat, parse_runtime, required_ops
+from edge_mobilenet.runtimes.runtime_ops import TFLITE_MAX_VERSIONS
+from edge_mobilenet.runtimes.tflite_ops import OPERATOR_CODES, operator_name
 from edge_mobilenet.errors import EdgeError
 
 

@@ -94,7 +94,7 @@ def _recorded_32bit(**sections: str) -> Recorded:
 def _artifact(path: Path):
     """An artifact with the compatibility record quantize writes (convert.pipeline._compatibility)."""
     from edge_mobilenet.bench.artifacts import Artifact, infer_entry, preprocessing_from
-    from edge_mobilenet.convert.compat import check_compat
+    from edge_mobilenet.runtimes.compat import check_compat
 
     record = {}
     for spec in ("tflite-runtime==2.14", "ai-edge-litert==2.3"):
@@ -184,7 +184,7 @@ def test_platform_tags_cover_every_glibc_down_to_manylinux2014():
 
 
 def test_tiny_models_load_on_the_host_and_declare_their_operator_versions(tiny_artifacts):
-    from edge_mobilenet.convert.compat import required_ops
+    from edge_mobilenet.runtimes.compat import required_ops
     from edge_mobilenet.runtimes.device_runner import TFLiteModel
 
     int8, conv_v8 = tiny_artifacts
@@ -220,6 +220,21 @@ def test_preflight_refuses_what_the_recorded_runtime_cannot_load(tiny_artifacts)
     doctor.refuse_unloadable(tiny_artifacts[:1], tfl, "auto", "--device pi")  # the plain one passes
     litert = Recorded("", tfl.pythons.replace('"tflite-runtime": "2.14.0"', '"ai-edge-litert": "2.3.0"'))
     doctor.refuse_unloadable(tiny_artifacts, litert, "auto", "--device pi")
+
+
+def test_preflight_checks_a_bare_file_without_a_manifest_too(tiny_artifacts):
+    """A downloaded .tflite has no compatibility record: its operators are checked against the device's
+    runtime release before anything runs."""
+    from edge_mobilenet.bench.artifacts import Artifact, infer_entry, preprocessing_from
+
+    bare = [Artifact(a.path, infer_entry(a.path, preprocessing_from())) for a in tiny_artifacts]
+    assert "compatibility" not in bare[1].entry.facts
+    tfl = Recorded("", 'EDGE_PY {"requested": "python3", "executable": "/opt/tfl/bin/python3", "prefix": "/opt/tfl", '
+                   '"base_prefix": "/usr", "version": "3.11.2", "bits": 64, "machine": "aarch64", "libc": ["glibc", '
+                   '"2.36"], "packages": {"numpy": "1.26.4", "tflite-runtime": "2.14.0"}}\n')
+    with pytest.raises(EdgeError, match="conv_v8.tflite: the device's tflite-runtime 2.14.0 .* cannot load it"):
+        doctor.refuse_unloadable(bare, tfl, "auto", "--device pi")
+    doctor.refuse_unloadable(bare[:1], tfl, "auto", "--device pi")
 
 
 def test_state_file_is_what_bench_reads(tmp_path, monkeypatch):

@@ -511,17 +511,32 @@ def _device_runtime(kind: str, runtime: str, packages: dict) -> str | None:
     return next((d for d in chosen if d in TFLITE_RUNTIMES and packages.get(d)), None)
 
 
+def _check_now(path, dist: str | None, packages: dict) -> dict:
+    """A compatibility record for a file without one (not from quantize): its operator versions
+    against the device's runtime release, when the tables know that release."""
+    from edge_mobilenet.runtimes.compat import check_compat
+
+    if dist is None:
+        return {}
+    spec = f"{dist}=={packages[dist]}"
+    try:
+        result = check_compat(path, spec)
+    except EdgeError:
+        return {}
+    return {spec: {"loads": result.ok, "problems": result.problems}}
+
+
 def refuse_unloadable(artifacts, transport, runtime: str, args: str) -> None:
-    """Raise EdgeError (before any device time) for the first artifact whose manifest says the
-    runtime the device would use cannot load it, with the doctor's advice. Devices without Python or
-    without the runtime, and artifacts without a compatibility record, pass: bench reports those."""
+    """Raise EdgeError (before any device time) for the first artifact that the runtime the device would
+    use cannot load (its manifest's compatibility record, or for a bare file its operators checked now),
+    with the doctor's advice. Devices without Python or without the runtime pass: bench reports those."""
     envs = provision.probe_pythons(transport, [transport.python])
     if not envs:
         return
     packages = envs[0].packages
     for artifact in artifacts:
         dist = _device_runtime(artifact.entry.runtime, runtime, packages)
-        compatibility = artifact.entry.facts.get("compatibility") or {}
+        compatibility = artifact.entry.facts.get("compatibility") or _check_now(artifact.path, dist, packages)
         verdict = recorded_verdict(compatibility, dist, packages[dist]) if dist else None
         if verdict is None or verdict[0]:
             continue

@@ -22,7 +22,7 @@ def check(artifact, runtimes, as_json):
 
     Exit status 1 when any runtime would refuse it.
     """
-    from edge_mobilenet.convert.compat import check_compat, required_ops
+    from edge_mobilenet.runtimes.compat import check_compat, required_ops
 
     is_onnx = artifact.lower().endswith(".onnx")
     chosen = runtimes or (DEFAULT_ONNX_RUNTIMES if is_onnx else DEFAULT_TFLITE_RUNTIMES)

@@ -9,7 +9,7 @@ It loads, for every operator code and version 1..16, a 192-byte model whose only
 operator code (plus an empty subgraph and buffer), and prints one JSON object:
 ``{"runtime", "version", "resolved": {code: [versions]}, "other_errors": {...}}``. A runtime resolves
 every operator code when it loads a model, so a model loads only if each of its (code, version)
-pairs is in ``resolved``. The tables in :mod:`edge_mobilenet.convert.runtime_ops` come from here.
+pairs is in ``resolved``. The tables in :mod:`edge_mobilenet.runtimes.runtime_ops` come from here.
 
 The template was written with the flatbuffers builder from TFLite's schema (version 3,
 force_defaults) with sentinel values; the probe patches builtin_code (int32 at byte 180), version

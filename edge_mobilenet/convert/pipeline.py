@@ -59,7 +59,7 @@ def _validation(outputs: np.ndarray, evaluation: EvalSet, float_model: FloatMode
 
 
 def _compatibility(path: Path, runtime: str) -> dict:
-    from edge_mobilenet.convert.compat import check_compat
+    from edge_mobilenet.runtimes.compat import check_compat
 
     return {spec: {"loads": result.ok, "problems": result.problems}
             for spec, result in ((s, check_compat(path, s)) for s in RUNTIMES_CHECKED[runtime])}
@@ -72,7 +72,7 @@ def runtime_facts(path: Path, fmt: Format) -> tuple[TensorSpec, tuple[TensorSpec
     input_spec, output_specs = artifact_specs(path)
     facts = {"compatibility": _compatibility(path, fmt.runtime)}
     if fmt.runtime == "tflite":
-        from edge_mobilenet.convert.compat import required_ops
+        from edge_mobilenet.runtimes.compat import required_ops
         from edge_mobilenet.runtimes.delegation import delegation_stats
         from edge_mobilenet.runtimes.tflite import make_interpreter
 

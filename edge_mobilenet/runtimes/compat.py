@@ -4,7 +4,7 @@ A .tflite file lists every operator it uses once, in ``Model.operator_codes``, a
 version, custom code); a runtime resolves each entry at load time and refuses the whole model when
 one is missing ("Didn't find op for builtin opcode 'FULLY_CONNECTED' version '12'"). This module
 reads that list with a small flatbuffer reader (stdlib only) and compares it with the versions each
-release registers (:mod:`edge_mobilenet.convert.runtime_ops`). An .onnx file is checked by its
+release registers (:mod:`edge_mobilenet.runtimes.runtime_ops`). An .onnx file is checked by its
 default-domain opset and IR version against ONNX Runtime releases.
 
 Flatbuffer layout used (tensorflow/lite/schema/schema.fbs): the root table ``Model`` has
@@ -20,9 +20,9 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge_mobilenet.convert.runtime_ops import (NEWEST, ONNXRUNTIME_LIMITS, TFLITE_MAX_VERSIONS,
+from edge_mobilenet.runtimes.runtime_ops import (NEWEST, ONNXRUNTIME_LIMITS, TFLITE_MAX_VERSIONS,
                                                 TFLITE_MIN_VERSIONS)
-from edge_mobilenet.convert.tflite_ops import CUSTOM, operator_name
+from edge_mobilenet.runtimes.tflite_ops import CUSTOM, operator_name
 from edge_mobilenet.errors import EdgeError
 
 TFLITE_IDENTIFIER = b"TFL3"
