@@ -7,6 +7,7 @@ scratch therefore uses momentum 0.9 unless told otherwise.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -239,6 +240,7 @@ def train_model(settings: TrainSettings) -> dict:
         "train_accuracy": float(history.history["accuracy"][-1]),
         "seconds": round(seconds, 1), "trained_weights": True,
         "settings": {k: v for k, v in asdict(settings).items() if k != "progress"},
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),  # decides the weights too
         "history": {k: [round(float(v), 4) for v in vs] for k, vs in history.history.items()},
     }
     write_json_atomic(output / f"{name}.metrics.json", metrics)

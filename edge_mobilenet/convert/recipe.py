@@ -115,6 +115,7 @@ def load_recipe(path: str | Path) -> Recipe:
 def ensure_trained(recipe: ModelRecipe, models_dir: Path, progress: bool) -> str:
     """Train a recipe model on the default task unless an identical run is already saved."""
     import json
+    import os
 
     from edge_mobilenet.train import TrainSettings, train_model
 
@@ -126,7 +127,9 @@ def ensure_trained(recipe: ModelRecipe, models_dir: Path, progress: bool) -> str
     wanted = {f.name: getattr(settings, f.name) for f in fields(settings) if f.name != "progress"}
     if model_path.is_file() and metrics_path.is_file():
         saved = read_json(metrics_path, "training metrics file")
-        if isinstance(saved, dict) and saved.get("settings") == json.loads(json.dumps(wanted)):
+        isa = os.environ.get("ONEDNN_MAX_CPU_ISA")  # oneDNN's code path decides the weights too
+        if isinstance(saved, dict) and saved.get("onednn_max_cpu_isa") == isa \
+                and saved.get("settings") == json.loads(json.dumps(wanted)):
             return str(model_path)
     print(f"training {stem} on {settings.data_dir or 'the bundled digits'} "
           f"({settings.epochs} epochs)", file=sys.stderr)
