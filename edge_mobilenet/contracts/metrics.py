@@ -10,7 +10,6 @@ import numpy as np
 
 from edge_mobilenet.errors import EdgeError
 
-CLASSIFICATION_METRICS = ("top1", "top5")
 
 
 def label_offset(outputs: int, classes: int, source: str = "the model") -> int:
