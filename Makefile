@@ -9,7 +9,7 @@ STAMP := $(VENV)/.deps-$(DEPS_HASH)
 ARTIFACTS ?= build/artifacts
 RESULTS ?= build/results
 
-.PHONY: setup quantize train bench report test clean accuracy-report
+.PHONY: setup quantize train bench report sweep test clean accuracy-report
 
 setup: $(STAMP)
 	@$(PY) -c "import edge_mobilenet, pathlib, sys; sys.exit(pathlib.Path(edge_mobilenet.__file__).resolve().parent != pathlib.Path('edge_mobilenet').resolve())" 2>/dev/null \
@@ -18,7 +18,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[host,test]"
+	$(PY) -m pip install -q -e ".[host,test,sweep]"
 	@rm -f $(VENV)/.deps-*
 	@touch $@
 
@@ -35,6 +35,13 @@ bench: quantize
 
 report:
 	$(EDGE) report $(RESULTS)/local.json --output $(RESULTS)/local
+
+## The default sweep (benchmarks/sweeps/default.toml) on a local Ray instance, then its report
+## (Markdown, PNG plots, one HTML page). A re-run skips the finished cells.
+SWEEP ?= benchmarks/sweeps/default.toml
+sweep: setup
+	$(EDGE) sweep $(SWEEP)
+	$(EDGE) report build/sweeps/default/results.json --output build/sweeps/default/report
 
 test: setup
 	$(VENV)/bin/pytest -q

@@ -241,9 +241,16 @@ def _register_commands() -> None:
     from edge_mobilenet.bench.device_commands import device
     from edge_mobilenet.convert.check_command import check
     from edge_mobilenet.report.commands import compare, report
+    from edge_mobilenet.sweep.commands import make_sweep_command
 
-    for command in (check, bench, device, report, compare):
+    for command in (check, bench, device, report, compare, make_sweep_command(_stages)):
         main.add_command(command)
+
+
+def _stages():
+    from edge_mobilenet.pipeline_stages import STAGES
+
+    return STAGES
 
 
 _register_commands()

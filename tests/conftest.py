@@ -13,6 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("EDGE_SHARED_DATA", REPO.parent / "shared" / "data"))
+EMULATED_DEVICE = Path(os.environ.get("EDGE_EMU_SCRIPT", REPO.parent / "shared" / "tools" / "emulated-device.sh"))
 
 
 @pytest.fixture(scope="session")
@@ -62,3 +63,62 @@ def _run_cli(*args, timeout=600):
 def run_cli():
     """Run the installed CLI in a subprocess (exit status and stderr as a user sees them)."""
     return _run_cli
+
+
+# -- the emulated ARM board (../shared/tools/emulated-device.sh) ------------------------------------------
+
+def _board_script(action: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(EMULATED_DEVICE), action], capture_output=True, text=True, timeout=1200)
+
+
+def _board_env() -> dict:
+    return dict(line.split("=", 1) for line in _board_script("env").stdout.split() if "=" in line)
+
+
+def _board_answers(kind: str, env: dict) -> bool:
+    """Whether the board already runs (started by another test run): then it is not stopped here."""
+    try:
+        if kind == "ssh":
+            return Path(env["EDGE_EMU_SSH_CONFIG"]).is_file() and subprocess.run(
+                ["ssh", "-F", env["EDGE_EMU_SSH_CONFIG"], "-o", "ConnectTimeout=5", env["EDGE_EMU_SSH_HOST"], "true"],
+                capture_output=True, timeout=30).returncode == 0
+        adb = [env["EDGE_EMU_ADB"], "-s", env["EDGE_EMU_ADB_SERIAL"]]
+        if not Path(adb[0]).is_file():
+            return False
+        subprocess.run([adb[0], "connect", env["EDGE_EMU_ADB_SERIAL"]], capture_output=True, timeout=30)
+        return subprocess.run([*adb, "shell", "true"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired, KeyError):
+        return False
+
+
+def emulated_board(kind: str):
+    """Yield how to reach the board's ``ssh`` or ``adb`` side (its env lines as a dict); skip with the
+    reason where this machine can't host it; stop it afterwards only if this started it."""
+    if not EMULATED_DEVICE.is_file():
+        pytest.skip(f"emulated device script {EMULATED_DEVICE} is absent")
+    env = _board_env()
+    if _board_answers(kind, env):
+        yield env
+        return
+    ensure = _board_script("ensure")
+    if ensure.returncode == 3:
+        pytest.skip(f"this machine can't host the emulated device: {ensure.stderr.strip()[-200:]}")
+    assert ensure.returncode == 0, ensure.stderr[-2000:]
+    started = _board_script(f"start-{kind}")
+    if started.returncode == 3:
+        pytest.skip(f"this machine can't host the emulated {kind} fixture")
+    assert started.returncode == 0, started.stderr[-2000:]
+    yield _board_env()
+    _board_script(f"stop-{kind}")
+
+
+@pytest.fixture(scope="module")
+def pi():
+    """The emulated board over real SSH."""
+    yield from emulated_board("ssh")
+
+
+@pytest.fixture(scope="module")
+def android():
+    """The emulated board over real adb."""
+    yield from emulated_board("adb")

@@ -12,44 +12,9 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(os.environ.get("EDGE_EMU_SCRIPT", Path(__file__).resolve().parents[2] / "shared" / "tools"
-                             / "emulated-device.sh"))
 TINY = ["--quick", "--min-runs", "3", "--min-seconds", "0", "--warmup-seconds", "0", "--eval-count", "12",
         "--threads", "1"]
 pytestmark = pytest.mark.device
-
-
-def _fixture(action: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(SCRIPT), action], capture_output=True, text=True, timeout=1200)
-
-
-def _start(kind: str) -> dict:
-    if not SCRIPT.is_file():
-        pytest.skip(f"emulated device script {SCRIPT} is absent")
-    ensure = _fixture("ensure")
-    if ensure.returncode == 3:
-        pytest.skip(f"this machine can't host the emulated device: {ensure.stdout.strip()[-200:]}")
-    assert ensure.returncode == 0, ensure.stderr[-2000:]
-    started = _fixture(f"start-{kind}")
-    if started.returncode == 3:
-        pytest.skip(f"this machine can't host the emulated {kind} fixture")
-    assert started.returncode == 0, started.stderr[-2000:]
-    env = _fixture("env").stdout
-    return dict(line.split("=", 1) for line in env.split() if "=" in line)
-
-
-@pytest.fixture(scope="module")
-def pi():
-    env = _start("ssh")
-    yield env
-    _fixture("stop-ssh")
-
-
-@pytest.fixture(scope="module")
-def android():
-    env = _start("adb")
-    yield env
-    _fixture("stop-adb")
 
 
 def _ssh_args(env):

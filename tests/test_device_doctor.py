@@ -31,7 +31,6 @@ from edge_mobilenet.bench.transports import CommandResult, Transport
 from edge_mobilenet.errors import EdgeError
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = Path(os.environ.get("EDGE_EMU_SCRIPT", REPO.parent / "shared" / "tools" / "emulated-device.sh"))
 FIXTURE_32 = Path(__file__).parent / "fixtures" / "device_32bit"
 TINY = ["--quick", "--min-runs", "3", "--min-seconds", "0", "--warmup-seconds", "0", "--eval-count", "4",
         "--threads", "1"]
@@ -263,59 +262,6 @@ def test_setup_flags_are_checked_before_any_connection(cli, tmp_path):
 
 
 # -- on the emulated board -----------------------------------------------------------------------------
-
-def _script(action: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(SCRIPT), action], capture_output=True, text=True, timeout=1200)
-
-
-def _board_env() -> dict:
-    return dict(line.split("=", 1) for line in _script("env").stdout.split() if "=" in line)
-
-
-def _answers(kind: str, env: dict) -> bool:
-    """Whether the fixture already runs (started by another test run): then it is not stopped here."""
-    try:
-        if kind == "ssh":
-            return Path(env["EDGE_EMU_SSH_CONFIG"]).is_file() and subprocess.run(
-                ["ssh", "-F", env["EDGE_EMU_SSH_CONFIG"], "-o", "ConnectTimeout=5", env["EDGE_EMU_SSH_HOST"], "true"],
-                capture_output=True, timeout=30).returncode == 0
-        adb = [env["EDGE_EMU_ADB"], "-s", env["EDGE_EMU_ADB_SERIAL"]]
-        if not Path(adb[0]).is_file():
-            return False
-        subprocess.run([adb[0], "connect", env["EDGE_EMU_ADB_SERIAL"]], capture_output=True, timeout=30)
-        return subprocess.run([*adb, "shell", "true"], capture_output=True, timeout=30).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-def _board(kind: str):
-    if not SCRIPT.is_file():
-        pytest.skip(f"emulated device script {SCRIPT} is absent")
-    env = _board_env()
-    if _answers(kind, env):
-        yield env
-        return
-    ensure = _script("ensure")
-    if ensure.returncode == 3:
-        pytest.skip(f"this machine can't host the emulated device: {ensure.stderr.strip()[-200:]}")
-    assert ensure.returncode == 0, ensure.stderr[-2000:]
-    started = _script(f"start-{kind}")
-    if started.returncode == 3:
-        pytest.skip(f"this machine can't host the emulated {kind} fixture")
-    assert started.returncode == 0, started.stderr[-2000:]
-    yield _board_env()
-    _script(f"stop-{kind}")
-
-
-@pytest.fixture(scope="module")
-def pi():
-    yield from _board("ssh")
-
-
-@pytest.fixture(scope="module")
-def android():
-    yield from _board("adb")
-
 
 def _ssh(env: dict) -> list[str]:
     return ["--device", "pi", "--host", env["EDGE_EMU_SSH_HOST"], "--ssh-config", env["EDGE_EMU_SSH_CONFIG"]]

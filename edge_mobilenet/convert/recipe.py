@@ -57,7 +57,8 @@ def _known_keys(table: dict, known: dict, where: Where) -> None:
         check(table[key], where / key, known[key])
 
 
-def _model(row, where: Where) -> ModelRecipe:
+def model_recipe(row, where: Where) -> ModelRecipe:
+    """One ``[[model]]`` row, validated (a sweep's model rows are read the same way)."""
     row = check(row, where, (dict,))
     _known_keys(row, MODEL_KEYS, where)
     if ("name" in row) == ("file" in row):
@@ -94,7 +95,7 @@ def load_recipe(path: str | Path) -> Recipe:
     _known_keys(data, TOP_KEYS, where)
     if not data.get("model"):
         raise where.fail("has no [[model]] tables")
-    models = tuple(_model(row, where / "model" / i) for i, row in enumerate(data["model"]))
+    models = tuple(model_recipe(row, where / "model" / i) for i, row in enumerate(data["model"]))
     calibration = data.get("calibration", {})
     _known_keys(calibration, CALIBRATION_KEYS, where / "calibration")
     overrides = {key: data.get(key) for key in ("io", "onnx_activation_type", "onnx_calibration_method",

@@ -13,13 +13,17 @@ import click
 @click.command("report")
 @click.argument("results", type=click.Path(dir_okay=False))
 @click.option("--output", "output_prefix", default=None, metavar="PREFIX",
-              help="Write PREFIX.md, PREFIX.csv, PREFIX_latency_vs_accuracy.png and PREFIX_formats.png "
-                   "[default: RESULTS without .json].")
-def report(results, output_prefix):
-    """Markdown table, CSV and PNG plots from a results file of `edge-bench bench`."""
-    from edge_mobilenet.report.markdown import write_report
+              help="Write PREFIX.md, PREFIX.csv, PREFIX.html, PREFIX_latency_vs_accuracy.png, "
+                   "PREFIX_formats.png and PREFIX_pareto.png [default: RESULTS without .json].")
+@click.option("--accuracy-loss", "accuracy_loss", default="1pt", show_default=True, metavar="POINTS",
+              help="Top-1 the 'Fastest within' section may give up, in points below the most accurate run "
+                   "on each device: 1pt, 0.5pt.")
+def report(results, output_prefix, accuracy_loss):
+    """Markdown, HTML, CSV and PNG plots (with Pareto fronts) from a results file of `edge-bench bench`."""
+    from edge_mobilenet.report.markdown import write_full_report
+    from edge_mobilenet.report.pareto import parse_accuracy_loss
 
-    files = write_report(results, output_prefix)
+    files = write_full_report(results, output_prefix, parse_accuracy_loss(accuracy_loss))
     click.echo(files[0].read_text(encoding="utf-8"))
     click.echo("wrote " + ", ".join(str(f) for f in files))
 

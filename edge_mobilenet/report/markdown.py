@@ -2,7 +2,9 @@
 
 Per device: the device facts (machine, CPU, features, cores, governor, runtimes), an EMULATED label when
 the board runs under emulation (its latencies are meaningless), warnings, invalid and failed runs; then one
-table of the latest run of each artifact. The CSV holds every run, with the device fields.
+table of the latest run of each artifact and, with more than one configuration, its Pareto front, the
+fastest run within an accuracy loss and the thread counts to use (``report/pareto.py``). The CSV holds
+every run, with the device fields.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from edge_mobilenet.contracts.records import RunRecord
 from edge_mobilenet.errors import EdgeError
 from edge_mobilenet.fileio import write_text_atomic
 from edge_mobilenet.report import results as res
+from edge_mobilenet.report.pareto import (DEFAULT_ACCURACY_LOSS_PT, SLOWER_NOISE_PCT, DeviceSummary,
+                                          config_label, summarise)
 from edge_mobilenet.report.results import RunRow
 from edge_mobilenet.text import markdown_table
 
@@ -92,6 +96,16 @@ COLUMNS = (
     Column("notes", notes),
 )
 
+THREADS_COLUMN = Column("threads", lambda r: res.threads_of(r.run), lambda v: "n/a" if v is None else str(v))
+
+
+def table_columns(rows: list[RunRow]) -> tuple[Column, ...]:
+    """``COLUMNS``, with the thread count after the format when the runs differ in it (a sweep)."""
+    if len({res.threads_of(r.run) for r in rows}) < 2:
+        return COLUMNS
+    return COLUMNS[:2] + (THREADS_COLUMN,) + COLUMNS[2:]
+
+
 DEVICE_COLUMNS = (
     ("device_name", lambda run, dev: run.device_name), ("transport", lambda run, dev: run.transport),
     ("emulated", lambda run, dev: bool(run.emulated)), ("valid", lambda run, dev: run.valid),
@@ -105,8 +119,8 @@ DEVICE_COLUMNS = (
 )
 
 
-def markdown_rows(rows: list[RunRow]) -> list[list[str]]:
-    return [[_cell(column.shown(column.value(row))) for column in COLUMNS] for row in rows]
+def markdown_rows(rows: list[RunRow], columns: tuple[Column, ...] = COLUMNS) -> list[list[str]]:
+    return [[_cell(column.shown(column.value(row))) for column in columns] for row in rows]
 
 
 def _cell(text: str) -> str:
@@ -196,40 +210,124 @@ def _commits(runs: list[dict]) -> str:
     return ", ".join(commits) or "unknown"
 
 
-def markdown_text(source: Path, rows: list[RunRow]) -> str:
+def markdown_text(source: Path, rows: list[RunRow],
+                  accuracy_loss_pt: float = DEFAULT_ACCURACY_LOSS_PT) -> str:
     parts = [f"# Benchmark report: {source.name}", "",
              "Speed-up vs float = float p50 / p50 (float: TFLite fp32 for TFLite formats, ONNX float for ONNX "
              "formats); GMAC/s = MACs / p50. Accuracy n/a: random weights or no labelled images.", ""]
+    summaries = summarise(rows, accuracy_loss_pt)
     for device, device_rows in res.by_device(rows).items():
         shown = [r for r in device_rows if r.latest]
-        parts += device_header(device, shown) + ["", markdown_table([c.header for c in COLUMNS],
-                                                                    markdown_rows(shown)), ""]
+        columns = table_columns(shown)
+        parts += device_header(device, shown) + ["", markdown_table([c.header for c in columns],
+                                                                    markdown_rows(shown, columns)), ""]
         superseded = len(device_rows) - len(shown)
         if superseded:
             parts += [f"{superseded} earlier run(s) of the same artifacts are in the CSV only.", ""]
+        if device in summaries:
+            parts += sweep_sections(summaries[device], accuracy_loss_pt)
     return "\n".join(parts)
 
 
-def write_report(results_path: str | Path, output_prefix: str | Path | None = None) -> list[Path]:
+FRONT_HEADERS = ["p50 ms", "top-1 %", "size KiB", "configuration"]
+
+
+def sweep_sections(summary: DeviceSummary, accuracy_loss_pt: float) -> list[str]:
+    """Pareto front, Fastest within X pt and Threads for a device with more than one configuration."""
+    if len(summary.runs) < 2:
+        return []
+    return _front_section(summary) + _within_section(summary, accuracy_loss_pt) + _threads_section(summary)
+
+
+def _front_row(row: RunRow) -> list[str]:
+    run = row.run
+    accuracy = res.top1(run)
+    return [f"{res.p50_ms(run):.4g}", "n/a" if accuracy is None else f"{100 * accuracy:.2f}",
+            "n/a" if run.size_bytes is None else f"{run.size_bytes / 1024:.1f}", _cell(config_label(run))]
+
+
+def _front_section(summary: DeviceSummary) -> list[str]:
+    lines = ["### Pareto front", ""]
+    if any(r.run.emulated for r in summary.runs):
+        lines += ["EMULATED: the latencies, and so these fronts, are meaningless.", ""]
+    if not summary.has_accuracy:
+        table = markdown_table(FRONT_HEADERS, [_front_row(r) for r in summary.size_latency_front])
+        return lines + ["No run on this device has top-1 (random weights or no labels): the front is size vs "
+                        "p50 (no other run both smaller and faster).", "", table, ""]
+    text = "Top-1 vs p50: no other run is at least as fast and as accurate, and better at one."
+    if summary.without_accuracy:
+        text += (f" {summary.without_accuracy} run(s) without top-1 (random weights or no labels) are left "
+                 f"out of the accuracy fronts.")
+    on_size = {id(r.run) for r in summary.size_front}
+    rows = [_front_row(r) + ["yes" if id(r.run) in on_size else "no"] for r in summary.latency_front]
+    by_size = ", ".join(f"{_cell(config_label(r.run))} ({r.run.size_bytes / 1024:.1f} KiB, "
+                        f"{100 * res.top1(r.run):.2f} %)" for r in summary.size_front)
+    return lines + [text, "", markdown_table(FRONT_HEADERS + ["on the top-1 vs size front"], rows), "",
+                    f"Top-1 vs size: {by_size}.", ""]
+
+
+def _within_section(summary: DeviceSummary, loss_pt: float) -> list[str]:
+    within = summary.within_loss
+    text = (f"Top-1 at most {loss_pt:g} pt below the most accurate run on this device: "
+            f"{_cell(str(within))}." if within
+            else "n/a: no run on this device has top-1 (random weights or no labels).")
+    return [f"### Fastest within {loss_pt:g} pt", "", text, ""]
+
+
+def _threads_section(summary: DeviceSummary) -> list[str]:
+    if not summary.threads:
+        return []
+    rows = [[str(a), _cell(f"{a.model} {a.format}"),
+             ", ".join(f"{t}: {p:.4g}" for t, p in a.p50_ms_by_threads.items())] for a in summary.threads]
+    return ["### Threads", "",
+            "The thread count with the lowest p50; flagged: more threads slower than fewer "
+            f"(by more than {SLOWER_NOISE_PCT:g} %).", "",
+            markdown_table(["threads", "configuration", "p50 ms by threads"], rows), ""]
+
+
+def write_report(results_path: str | Path, output_prefix: str | Path | None = None,
+                 accuracy_loss_pt: float = DEFAULT_ACCURACY_LOSS_PT) -> list[Path]:
     """Write PREFIX.md, PREFIX.csv, PREFIX_latency_vs_accuracy.png and PREFIX_formats.png.
 
     Args:
         results_path: a results file written by ``edge-bench bench``.
         output_prefix: where to write; default the results path without ``.json``.
+        accuracy_loss_pt: top-1 points the "Fastest within" section may give up.
 
     Returns:
         The files written, Markdown first.
     """
-    from edge_mobilenet.report.plots import write_plots
+    results_path, prefix, rows = _analysed(results_path, output_prefix)
+    return _write_tables_and_plots(results_path, prefix, rows, accuracy_loss_pt)
 
+
+def write_full_report(results_path: str | Path, output_prefix: str | Path | None = None,
+                      accuracy_loss_pt: float = DEFAULT_ACCURACY_LOSS_PT) -> list[Path]:
+    """What ``edge-bench report`` writes: :func:`write_report`'s files, PREFIX_pareto.png and PREFIX.html."""
+    from edge_mobilenet.report.html import write_html
+    from edge_mobilenet.report.plots import write_pareto_plot
+
+    results_path, prefix, rows = _analysed(results_path, output_prefix)
+    files = _write_tables_and_plots(results_path, prefix, rows, accuracy_loss_pt)
+    files += write_pareto_plot(prefix, rows)
+    return files + [write_html(_with_suffix(prefix, ".html"), results_path.name, rows, accuracy_loss_pt)]
+
+
+def _analysed(results_path: str | Path, output_prefix: str | Path | None) -> tuple[Path, Path, list[RunRow]]:
     results_path = Path(results_path)
     runs = res.load_results(results_path)
     if not runs:
         raise EdgeError(f"{results_path}: holds no runs yet")
     prefix = Path(output_prefix) if output_prefix else results_path.with_suffix("")
-    rows = res.analyse(runs)
+    return results_path, prefix, res.analyse(runs)
+
+
+def _write_tables_and_plots(results_path: Path, prefix: Path, rows: list[RunRow],
+                            accuracy_loss_pt: float) -> list[Path]:
+    from edge_mobilenet.report.plots import write_plots
+
     markdown_path, csv_path = _with_suffix(prefix, ".md"), _with_suffix(prefix, ".csv")
-    write_text_atomic(markdown_path, markdown_text(results_path, rows))
+    write_text_atomic(markdown_path, markdown_text(results_path, rows, accuracy_loss_pt))
     write_text_atomic(csv_path, csv_text(rows))
     return [markdown_path, csv_path, *write_plots(prefix, [r for r in rows if r.latest])]
 

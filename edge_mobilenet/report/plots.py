@@ -1,4 +1,5 @@
-"""The report's PNG plots (matplotlib, Agg): latency vs accuracy, and p50 per format per model.
+"""The report's PNG plots (matplotlib, Agg): latency vs accuracy, p50 per format per model, and the
+Pareto front of top-1 vs p50.
 
 One panel per device: latencies of different devices are not comparable (an emulated board is 100-400x
 slower), so they never share an axis.
@@ -11,6 +12,7 @@ from pathlib import Path
 from edge_mobilenet.contracts.formats import FORMATS
 from edge_mobilenet.fileio import atomic_path
 from edge_mobilenet.report import results as res
+from edge_mobilenet.report.pareto import DeviceSummary, summarise
 from edge_mobilenet.report.results import RunRow
 
 FLOAT_FORMATS = tuple(f.name for f in FORMATS.values() if f.is_baseline)
@@ -178,6 +180,54 @@ def formats_bars(path: Path, devices: dict[str, list[RunRow]]) -> Path:
     _legend(figure, {r.run.format: r.run.runtime_kind for rows in devices.values() for r in rows})
     figure.suptitle("p50 latency per format", fontsize=11)
     return _save(figure, path, rect=(0, 0.07 if len(devices) == 1 else 0.04, 1, 1))
+
+
+def write_pareto_plot(prefix: Path, rows: list[RunRow]) -> list[Path]:
+    """PREFIX_pareto.png from the latest runs with a latency; [] when there are none."""
+    summaries = summarise(rows)
+    if not summaries:
+        return []
+    return [pareto_plot(prefix.with_name(prefix.name + "_pareto.png"), summaries)]
+
+
+def pareto_plot(path: Path, summaries: dict[str, DeviceSummary]) -> Path:
+    """Top-1 vs p50 (log x) per device, colour by format, the front as a line; size vs p50 without top-1."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, len(summaries), figsize=(7.5 * len(summaries), 5.4), squeeze=False)
+    for axis, summary in zip(axes[0], summaries.values()):
+        y = _pareto_y(summary)
+        shown = [r for r in summary.runs if y(r) is not None]
+        front = summary.latency_front if summary.has_accuracy else summary.size_latency_front
+        axis.plot([res.p50_ms(r.run) for r in front], [y(r) for r in front], color="0.25", linewidth=1.2,
+                  marker="o", markersize=11, markerfacecolor="none", markeredgecolor="0.25", zorder=2,
+                  label="Pareto front")
+        for row in shown:
+            axis.scatter(res.p50_ms(row.run), y(row), s=40, color=_colour(row.run.format), alpha=0.9,
+                         edgecolors="black", linewidths=0.4, zorder=3)
+        axis.set_xscale("log")
+        _plain_log_ticks(axis.xaxis, [res.p50_ms(r.run) for r in summary.runs])
+        axis.set_xlabel("latency p50 (ms, log scale)")
+        axis.set_ylabel("top-1 accuracy (%)" if summary.has_accuracy else "artifact size (KiB)")
+        title = _device_title(summary.device, list(summary.runs))
+        title += f": {len(front)} of {len(shown)} on the front"
+        if not summary.has_accuracy:
+            title += "\nno accuracy (random weights or no labels): size vs p50 instead"
+        elif summary.without_accuracy:
+            title += f"\n{summary.without_accuracy} run(s) without accuracy not shown"
+        axis.set_title(title, fontsize=10)
+        axis.grid(alpha=0.3, which="both")
+        axis.margins(x=0.12, y=0.12)
+        axis.legend(loc="lower right", fontsize=8, frameon=False)
+    _legend(figure, {r.run.format: r.run.runtime_kind for s in summaries.values() for r in s.runs})
+    figure.suptitle("Pareto front: no other run is both faster and better (more accurate, or smaller)",
+                    fontsize=11)
+    return _save(figure, path, rect=(0, 0.08, 1, 1))
+
+
+def _pareto_y(summary: DeviceSummary):
+    if summary.has_accuracy:
+        return lambda row: None if res.top1(row.run) is None else 100 * res.top1(row.run)
+    return lambda row: None if row.run.size_bytes is None else row.run.size_bytes / 1024
 
 
 def _bar(axis, x: float, width: float, row: RunRow) -> None:

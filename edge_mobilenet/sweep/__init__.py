@@ -1,0 +1,1 @@
+"""edge-bench sweep: grid -> cells -> Ray tasks and resources; resumable by content key."""
