@@ -83,8 +83,9 @@ def main():
 @main.command()
 @click.argument("model")
 @click.option("--alpha", type=float, default=1.0, show_default=True, help="Width multiplier.")
-@click.option("--size", type=int, default=224, show_default=True, help="Input resolution (pixels).")
-@click.option("--classes", type=int, default=1000, show_default=True)
+@click.option("--size", type=int, default=None, help="Input resolution (pixels); default 224, detectors 320.")
+@click.option("--classes", type=int, default=None,
+              help="Default 1000; detectors: object classes without the background, default 90.")
 @click.option("--depth-multiplier", type=int, default=1, show_default=True, help="V1 only.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def describe(model, alpha, size, classes, depth_multiplier, as_json):
@@ -93,18 +94,11 @@ def describe(model, alpha, size, classes, depth_multiplier, as_json):
     Params are counted with BatchNormalization folded into the convolutions (as deployed); MACs are
     the multiply-accumulates of convolutions and dense layers.
     """
-    from edge_mobilenet.models.registry import build_model
-    from edge_mobilenet.models.profile import describe as describe_model
-
-    keras_model = build_model(model, alpha=alpha, size=size, classes=classes,
-                              depth_multiplier=depth_multiplier)
-    report = describe_model(keras_model, model_name=model, alpha=alpha, size=size)
-    if as_json:
-        click.echo(json.dumps(report))
-        return
+    from edge_mobilenet.models.profile import describe_registered
     from edge_mobilenet.report.tables import describe_table
 
-    click.echo(describe_table(report))
+    report = describe_registered(model, alpha=alpha, size=size, classes=classes, depth_multiplier=depth_multiplier)
+    click.echo(json.dumps(report) if as_json else describe_table(report))
 
 
 @main.command()
@@ -229,10 +223,14 @@ def calibration_set(folder, count, seed):
 @main.command()
 def models():
     """List registered model names."""
-    from edge_mobilenet.models.registry import REGISTRY
+    from edge_mobilenet.models.registry import DETECTORS, REGISTRY
 
     for entry in REGISTRY.values():
         click.echo(f"{entry.name:34s} {entry.summary} (input: {entry.preprocessing})")
+    click.echo("\ndetection (outputs box_encodings, class_predictions; `edge-bench describe NAME`):")
+    for entry in DETECTORS.values():
+        click.echo(f"{entry.name:34s} {entry.summary} (input: {entry.preprocessing}, {entry.size} px, "
+                   f"{entry.classes} classes + background)")
 
 
 def _register_commands() -> None:
@@ -240,10 +238,11 @@ def _register_commands() -> None:
     from edge_mobilenet.bench.commands import bench
     from edge_mobilenet.bench.device_commands import device
     from edge_mobilenet.convert.check_command import check
+    from edge_mobilenet.data.detection_commands import detection_set
     from edge_mobilenet.report.commands import compare, report
     from edge_mobilenet.sweep.commands import make_sweep_command
 
-    for command in (check, bench, device, report, compare, make_sweep_command(_stages)):
+    for command in (check, bench, device, report, compare, detection_set, make_sweep_command(_stages)):
         main.add_command(command)
 
 

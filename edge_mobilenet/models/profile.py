@@ -71,17 +71,39 @@ def layer_costs(model) -> list[LayerCost]:
     return rows
 
 
+_WEIGHTED = ("Conv2D", "DepthwiseConv2D", "Dense")
+
+
+def _next_convolution(layer):
+    """The first Conv2D downstream of ``layer`` through weightless layers (BN, activations, the SE
+    multiply), squeeze-excite convs skipped; None if another weighted layer comes first."""
+    frontier, seen = [layer], {id(layer)}
+    while frontier:
+        following = []
+        for current in frontier:
+            for node in current._outbound_nodes:
+                consumer = node.operation
+                if id(consumer) in seen or "squeeze_excite" in consumer.name:
+                    continue
+                seen.add(id(consumer))
+                kind = type(consumer).__name__
+                if kind == "Conv2D":
+                    return consumer
+                if kind not in _WEIGHTED:
+                    following.append(consumer)
+        frontier = following
+    return None
+
+
 def separable_costs(model) -> list[SeparableCost]:
-    """Each DepthwiseConv2D followed (after BN/activation/SE) by a 1x1 Conv2D."""
+    """Each DepthwiseConv2D whose output feeds (after BN/activation/SE) a 1x1 Conv2D."""
     layers = {l.name: l for l in model.layers}
     costs = {row.name: row for row in layer_costs(model)}
     pairs = []
-    order = [l for l in model.layers if type(l).__name__ in ("DepthwiseConv2D", "Conv2D")]
-    for position, layer in enumerate(order):
+    for layer in model.layers:
         if type(layer).__name__ != "DepthwiseConv2D":
             continue
-        pointwise = next((l for l in order[position + 1:] if type(l).__name__ == "Conv2D"
-                          and "squeeze_excite" not in l.name), None)
+        pointwise = _next_convolution(layer)
         if pointwise is None or tuple(pointwise.kernel_size) != (1, 1):
             continue
         kh, kw = layers[layer.name].kernel_size
@@ -106,8 +128,32 @@ def describe(model, *, model_name: str, alpha: float, size) -> dict:
         "params": sum(r.params for r in rows),
         "macs": sum(r.macs for r in rows),
         "keras_params": int(model.count_params()),
+        "outputs": [{"name": name, "shape": _shape(tensor.shape)}
+                    for name, tensor in zip(model.output_names, model.outputs)],
         "convention": ("MACs: multiply-accumulates of Conv2D/DepthwiseConv2D/Dense; params: "
                        "BatchNormalization folded into the preceding convolution as deployed"),
         "layers": [asdict(r) for r in rows],
         "separable_blocks": [dict(asdict(s), ratio=round(s.ratio, 4)) for s in separable],
     }
+
+
+def describe_registered(name: str, *, alpha: float = 1.0, size: int | None = None, classes: int | None = None,
+                        depth_multiplier: int = 1) -> dict:
+    """``describe`` of a registered classifier or detector built at these options (None: its default:
+    224 px / 1000 classes; detectors 320 px / 90 object classes), with a ``detection`` key for detectors."""
+    from edge_mobilenet.errors import EdgeError
+    from edge_mobilenet.models.registry import DETECTORS, build_detector, build_model
+
+    if name not in DETECTORS:
+        size = 224 if size is None else size
+        model = build_model(name, alpha=alpha, size=size, classes=1000 if classes is None else classes,
+                            depth_multiplier=depth_multiplier)
+        return describe(model, model_name=name, alpha=alpha, size=size)
+    if depth_multiplier != 1:
+        raise EdgeError(f"{name}: depth_multiplier applies to the mobilenet_v1 classifier only. "
+                        f"Received depth_multiplier={depth_multiplier}")
+    from edge_mobilenet.models.detection import detector_summary
+
+    model = build_detector(name, alpha=alpha, size=size, classes=classes)
+    size = DETECTORS[name].size if size is None else size
+    return {**describe(model, model_name=name, alpha=alpha, size=size), "detection": detector_summary(model)}

@@ -20,4 +20,9 @@ def describe_table(report: dict) -> str:
         text += ["", "depthwise separable blocks vs the standard convolution they replace:",
                  text_table(["depthwise", "pointwise", "MACs", "standard conv MACs", "ratio"], blocks,
                             "llrrr")]
+    if report.get("detection"):
+        detection = report["detection"]
+        maps = ", ".join(f"{h}x{w}x{a}" for h, w, a in detection["feature_maps"])
+        text += ["", f"{detection['anchors']} anchors (feature maps HxWxanchors: {maps}); "
+                     f"{detection['classes']} classes + background (index 0)"]
     return "\n".join(text)
