@@ -55,33 +55,11 @@ def overhead(folder: Path, runs: int, rounds: int = 5) -> list[str]:
             f"{h:.3f} ms, bare invoke() loop p50 {b:.3f} ms: {100 * (h - b) / b:+.1f}% (target <= 2%)"]
 
 
-def real_images(size: int, count: int = 32) -> tuple[Path, np.ndarray]:
-    """(calibration folder, uint8 pixels): ../shared/data/imagenet-sample if present, else the digits."""
-    from edge_mobilenet.data.calibration import CalibrationSource, load_calibration
-    from edge_mobilenet.data.preprocess import get_preprocessing
-
+def calibration_folder() -> Path:
+    """../shared/data/imagenet-sample if present, else the digits: the calibration images, whose first 32
+    also give the random-weight models their BatchNormalization statistics (``edge-bench quantize``)."""
     sample = REPO.parent / "shared" / "data" / "imagenet-sample"
-    folder = sample if sample.is_dir() else REPO / "calibration_data" / "digits"
-    images = load_calibration(CalibrationSource(str(folder), count, 0), (size, size), get_preprocessing("raw"))
-    return folder, images.images.pixels
-
-
-def calibrated_model(name: str, pixels: np.ndarray, path: Path) -> None:
-    """A random-weight model whose BatchNormalization statistics come from real images."""
-    import keras
-
-    from edge_mobilenet.data.preprocess import get_preprocessing
-    from edge_mobilenet.models.registry import build_model, get_entry
-
-    model = build_model(name, alpha=1.0, size=224)
-    batch = get_preprocessing(get_entry(name).preprocessing).apply(pixels)
-    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    for layer in norms:
-        layer.momentum = 0.0
-    model(batch, training=True)
-    for layer in norms:
-        layer.momentum = 0.999
-    model.save(path)
+    return sample if sample.is_dir() else REPO / "calibration_data" / "digits"
 
 
 def main() -> None:
@@ -90,13 +68,11 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="edge-bench-latency-") as tmp:
         folder = Path(tmp)
-        calibration, pixels = real_images(224)
         for model in MODELS:
-            source = folder / f"{model}_1_224_random.keras"
-            calibrated_model(model, pixels, source)
-            subprocess.run([sys.executable, "-m", "edge_mobilenet.cli", "quantize", "--quiet", "--model", source,
-                            "--formats", "fp32,int8,onnx,onnx-int8", "--calibration", str(calibration),
-                            "--count", "64", "--output", str(folder)], check=True, capture_output=True, cwd=REPO)
+            subprocess.run([sys.executable, "-m", "edge_mobilenet.cli", "quantize", "--quiet", "--model", model,
+                            "--size", "224", "--formats", "fp32,int8,onnx,onnx-int8",
+                            "--calibration", str(calibration_folder()), "--count", "64", "--output", str(folder)],
+                           check=True, capture_output=True, cwd=REPO)
         lines = ["# Latency on --device local", "", f"`{' '.join(sys.argv)}`; " + __doc__.split("Conditions:")[1]
                  .split("Writes")[0].strip(), ""]
         lines += overhead(folder, args.runs) + [""]

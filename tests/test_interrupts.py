@@ -87,5 +87,5 @@ def test_two_runs_into_one_folder_both_recorded(tmp_path):
         _, stderr = process.communicate(timeout=600)
         assert process.returncode == 0, stderr[-2000:]
     files = _consistent(output)
-    assert files == sorted(f"{m}_random.{s}" for m in ("mobilenet_v1_0.25_32", "mobilenet_v2_0.25_32")
+    assert files == sorted(f"{m}_10classes_random.{s}" for m in ("mobilenet_v1_0.25_32", "mobilenet_v2_0.25_32")
                            for s in ("fp32.tflite", "onnx"))

@@ -26,20 +26,29 @@ class ModelRequest:
     alpha: float = 1.0
     size: int = 224
     classes: int = 1000
+    calibrate_batch_norm: bool = True  # a registry name: BatchNormalization statistics from calibration images
 
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _source_file(request: ModelRequest, output_dir: Path) -> Path | None:
-    """The float model file if it exists already (registry builds are saved under the output folder)."""
+def _batch_norm_calibration(request: ModelRequest, settings: QuantizeSettings):
+    return settings.calibration if request.calibrate_batch_norm else None
+
+
+def _source_file(request: ModelRequest, settings: QuantizeSettings) -> Path | None:
+    """The float model file if it exists already (registry builds are saved under the output folder,
+    and count only while they match the request and the calibration images)."""
     from edge_mobilenet.models.registry import REGISTRY
     from edge_mobilenet.train import checked_model_path
 
     if request.source in REGISTRY and not Path(request.source).exists():
-        built = output_dir / f"{request.source}_{request.alpha:g}_{request.size}_random.keras"
-        return built if built.exists() else None
+        from edge_mobilenet.convert.sources import current_random_source
+
+        return current_random_source(request.source, alpha=request.alpha, size=request.size,
+                                     classes=request.classes, output_dir=Path(settings.output_dir),
+                                     calibration=_batch_norm_calibration(request, settings))
     try:
         return checked_model_path(request.source)
     except EdgeError as error:
@@ -80,7 +89,7 @@ def quantize_model(request: ModelRequest, settings: QuantizeSettings, manifest: 
     from edge_mobilenet.convert.sources import load_eval_set, load_float_model
 
     output_dir = Path(settings.output_dir)
-    source = _source_file(request, output_dir)
+    source = _source_file(request, settings)
     keys = _keys(request, settings, source, calibration_sha) if source is not None else {}
     stem = source.stem if source is not None else None
     cached = {f: manifest.cached(f"{stem}{FORMATS[f].suffix}", keys[f]) for f in keys}
@@ -93,7 +102,9 @@ def quantize_model(request: ModelRequest, settings: QuantizeSettings, manifest: 
         return entries
     with native_noise_filtered():  # TensorFlow's import notices
         float_model = load_float_model(request.source, alpha=request.alpha, size=request.size,
-                                       classes=request.classes, output_dir=output_dir)
+                                       classes=request.classes, output_dir=output_dir,
+                                       calibration=_batch_norm_calibration(request, settings),
+                                       calibrate_batch_norm=request.calibrate_batch_norm)
     keys = _keys(request, settings, float_model.path, calibration_sha)
     calibration = None
     if any(FORMATS[f].calibrated for f in todo):

@@ -26,7 +26,7 @@ from edge_mobilenet.errors import EdgeError
 from edge_mobilenet.fileio import sha256_file
 
 # Bumped when the manifest facts an artifact carries change, so older entries are rebuilt.
-PIPELINE_VERSION = 4  # 4: ONNX graphs canonicalised (same bytes in every process)
+PIPELINE_VERSION = 5  # 4: ONNX graphs canonicalised (same bytes in every process); 5: batch_norm_statistics
 
 # Runtimes every artifact is checked against (from its operator versions / opset) in the manifest.
 RUNTIMES_CHECKED = {"tflite": ("tflite-runtime==2.14", "ai-edge-litert==2.3"),
@@ -183,4 +183,12 @@ def _entry(float_model: FloatModel, fmt: Format, target: Path, name: str, calibr
         calibration=calibration_set.record() if fmt.calibrated and calibration_set is not None else None,
         validation=validation,
         facts={"tool_versions": tool_versions(), "build_environment": build_environment(), "cache_key": key,
-               "hard_swish_rewrite": float_model.hard_swish_rewrite, **built, **facts})
+               "hard_swish_rewrite": float_model.hard_swish_rewrite, **_random_source_facts(float_model),
+               **built, **facts})
+
+
+def _random_source_facts(float_model: FloatModel) -> dict:
+    """Random weights: where their BatchNormalization statistics came from (the source's metrics file)."""
+    if float_model.batch_norm_statistics is None:
+        return {}
+    return {"batch_norm_statistics": float_model.batch_norm_statistics}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from edge_mobilenet.contracts.formats import DEFAULT_FORMATS, FORMATS, Format, parse_formats
 from edge_mobilenet.data.calibration import CalibrationSource
@@ -17,6 +18,13 @@ IO_TYPES = ("int8", "uint8", "float")
 ONNX_ACTIVATION_TYPES = ("uint8", "int8")
 ONNX_CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 DEFAULT_CALIBRATION = "calibration_data/digits"
+_BUNDLED_CALIBRATION = Path(__file__).resolve().parents[2] / DEFAULT_CALIBRATION
+
+
+def default_calibration() -> str:
+    """The bundled digits set: relative to the working folder (as recorded so far), else the checkout's."""
+    return DEFAULT_CALIBRATION if Path(DEFAULT_CALIBRATION).is_dir() or not _BUNDLED_CALIBRATION.is_dir() \
+        else str(_BUNDLED_CALIBRATION)
 DEFAULT_OUTPUT = "build/artifacts"
 
 
@@ -56,7 +64,7 @@ def _one_of(name: str, value, allowed: tuple) -> None:
 @dataclass(frozen=True)
 class QuantizeSettings:
     formats: tuple[str, ...] = DEFAULT_FORMATS
-    calibration: CalibrationSource = field(default_factory=lambda: CalibrationSource(DEFAULT_CALIBRATION))
+    calibration: CalibrationSource = field(default_factory=lambda: CalibrationSource(default_calibration()))
     output_dir: str = DEFAULT_OUTPUT
     io: str = "int8"
     eval_dir: str | None = None

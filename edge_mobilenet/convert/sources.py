@@ -1,22 +1,32 @@
 """The float source of a set of artifacts and the held-out images they are validated on.
 
 A model source is a ``.keras``/``.h5`` file (a ``NAME.metrics.json`` beside it, written by
-``edge-bench train``, supplies its preprocessing, classes and held-out split) or a registry name
-(built with random weights: accuracy is then n/a).
+``edge-bench train``, supplies its preprocessing, classes and held-out split) or a registry name: built
+with seeded random weights (accuracy is then n/a) and BatchNormalization statistics from calibration
+images, so its int8 graph is the one a trained model would have, and kept as a file beside the artifacts
+(:func:`prepare_random_source`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import random
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from edge_mobilenet.contracts.formats import Format
 from edge_mobilenet.convert.settings import QuantizeSettings
+from edge_mobilenet.data.calibration import CalibrationSource, choose_files, content_hash
 from edge_mobilenet.data.preprocess import Preprocessing, get_preprocessing
 from edge_mobilenet.errors import EdgeError
-from edge_mobilenet.fileio import read_json, sha256_file
+from edge_mobilenet.fileio import atomic_path, locked, read_json, sha256_file, write_json_atomic
+
+BATCH_NORM_IMAGES = 32  # calibration images a random-weight model's BatchNormalization statistics come from
+RANDOM_SOURCE_VERSION = 1  # bumped when the way a random source is built changes (saved ones are rebuilt)
 
 
 @dataclass
@@ -35,6 +45,7 @@ class FloatModel:
     params: int = 0
     macs: int = 0
     hard_swish_rewrite: dict | None = None
+    batch_norm_statistics: dict | None = None  # random weights: where their BatchNormalization statistics are from
 
     def apply_hard_swish_rewrite(self, enabled: bool, check_batch: np.ndarray | None = None) -> None:
         """Swap in the int8-friendly hard-swish form (same outputs, checked) before any conversion."""
@@ -128,33 +139,29 @@ def _infer_model_name(model) -> str | None:
 
 
 def load_float_model(source: str, *, alpha: float = 1.0, size: int = 224, classes: int = 1000,
-                     output_dir: Path) -> FloatModel:
-    """Resolve a file or a registry name into a FloatModel (registry builds are saved beside the artifacts)."""
+                     output_dir: Path, calibration: CalibrationSource | None = None,
+                     calibrate_batch_norm: bool = True) -> FloatModel:
+    """Resolve a file or a registry name into a FloatModel.
+
+    A registry name becomes the file :func:`prepare_random_source` keeps in ``output_dir`` (its
+    BatchNormalization statistics from ``calibration``, required unless ``calibrate_batch_norm`` is
+    False); that file, loaded under its lock, is what is converted and recorded."""
     from edge_mobilenet.models.profile import layer_costs
-    from edge_mobilenet.models.registry import REGISTRY, build_model
-    from edge_mobilenet.train import load_keras_model
+    from edge_mobilenet.models.registry import REGISTRY
 
     path = Path(source)
     if source in REGISTRY and not path.exists():
-        model = build_model(source, alpha=alpha, size=size, classes=classes)
-        stem = f"{source}_{alpha:g}_{size}_random"
-        path = output_dir / f"{stem}.keras"
-        if not path.is_file():
-            from edge_mobilenet.fileio import atomic_path
-
-            with atomic_path(path, suffix=".keras") as tmp:
-                model.save(tmp)
-        metrics = {"model": source}
-        trained = False
+        if calibrate_batch_norm and calibration is None:
+            raise EdgeError(f"{source}: random weights need calibration images for their BatchNormalization "
+                            "statistics (or calibrate_batch_norm=False for untouched statistics)")
+        shape = RandomShape(source, alpha, size, classes)
+        with _random_source(shape, Path(output_dir), calibration if calibrate_batch_norm else None, 0) as path:
+            model, metrics, sha256 = _load_with_metrics(path)
     else:
         if not path.exists() and "/" not in source and not path.suffix:
             raise EdgeError(f"unknown model {source!r}: not a file, and not a registered name "
                             f"({', '.join(REGISTRY)})")
-        model = load_keras_model(path)
-        stem = path.stem
-        metrics_path = path.with_name(f"{path.stem}.metrics.json")
-        metrics = read_json(metrics_path, "training metrics file") if metrics_path.is_file() else {}
-        trained = metrics.get("trained_weights", True)
+        model, metrics, sha256 = _load_with_metrics(path)
     if "preprocessing" in metrics:
         preprocessing = get_preprocessing(metrics["preprocessing"]["name"])
         preprocessing = replace(preprocessing, crop_fraction=metrics["preprocessing"]["crop_fraction"])
@@ -162,14 +169,172 @@ def load_float_model(source: str, *, alpha: float = 1.0, size: int = 224, classe
         preprocessing = get_preprocessing(infer_preprocessing_name(model))
     classes_out = int(model.output.shape[-1])
     rows = layer_costs(model)
-    float_model = FloatModel(stem=stem, path=path, model=model,
+    float_model = FloatModel(stem=path.stem, path=path, model=model,
                              model_name=metrics.get("model") or _infer_model_name(model),
-                             preprocessing=preprocessing, trained_weights=bool(trained),
+                             preprocessing=preprocessing,
+                             trained_weights=bool(metrics.get("trained_weights", True)),
                              class_names=metrics.get("class_names") or [str(i) for i in range(classes_out)],
-                             dataset=metrics.get("dataset"), sha256=sha256_file(path),
-                             params=sum(r.params for r in rows), macs=sum(r.macs for r in rows))
+                             dataset=metrics.get("dataset"), sha256=sha256,
+                             params=sum(r.params for r in rows), macs=sum(r.macs for r in rows),
+                             batch_norm_statistics=metrics.get("batch_norm_statistics"))
     validate_input_shape(float_model)
     return float_model
+
+
+def _load_with_metrics(path: Path) -> tuple[object, dict, str]:
+    """(Keras model, the ``NAME.metrics.json`` beside it or {}, sha256 of the file loaded)."""
+    from edge_mobilenet.train import load_keras_model
+
+    model = load_keras_model(path)
+    metrics_path = path.with_name(f"{path.stem}.metrics.json")
+    metrics = read_json(metrics_path, "training metrics file") if metrics_path.is_file() else {}
+    if not isinstance(metrics, dict):
+        raise EdgeError(f"{metrics_path}: not a metrics file (expected a JSON object)")
+    return model, metrics, sha256_file(path)
+
+
+@dataclass(frozen=True)
+class RandomShape:
+    """A registry model built with random weights: what its file name says."""
+
+    name: str
+    alpha: float
+    size: int
+    classes: int
+
+    @property
+    def stem(self) -> str:
+        """``{name}_{alpha}_{size}_random``; ``_{classes}classes`` before ``_random`` unless 1000."""
+        shape = f"{self.name}_{self.alpha:g}_{self.size}"
+        return f"{shape}_random" if self.classes == 1000 else f"{shape}_{self.classes}classes_random"
+
+
+def random_source_stem(name: str, *, alpha: float, size: int, classes: int) -> str:
+    return RandomShape(name, alpha, size, classes).stem
+
+
+def batch_norm_images(calibration: CalibrationSource) -> CalibrationSource:
+    """The images a random-weight model's BatchNormalization statistics come from: the first
+    ``BATCH_NORM_IMAGES`` of the calibration seed's draw (independent of the calibration count)."""
+    return replace(calibration, count=BATCH_NORM_IMAGES)
+
+
+def _batch_norm_plan(calibration: CalibrationSource | None) -> dict:
+    """What the metrics file records about the statistics, before any image is decoded (TF-free)."""
+    if calibration is None:
+        return {"source": "untouched"}
+    try:
+        chosen = choose_files(batch_norm_images(calibration))
+    except EdgeError as error:
+        raise EdgeError(f"random weights take their BatchNormalization statistics from the calibration "
+                        f"images: {error} (give --calibration DIR)") from None
+    return {"source": "calibration", "folder": calibration.folder, "seed": calibration.seed,
+            "images": len(chosen), "sha256": content_hash(chosen, Path(calibration.folder))}
+
+
+def _wanted(shape: RandomShape, calibration: CalibrationSource | None, seed: int) -> dict:
+    return {"model": shape.name, "alpha": shape.alpha, "size": shape.size, "classes": shape.classes,
+            "trained_weights": False, "seed": seed, "random_source_version": RANDOM_SOURCE_VERSION,
+            "batch_norm_statistics": _batch_norm_plan(calibration)}
+
+
+def _identity(statistics) -> object:
+    return {k: statistics.get(k) for k in ("source", "sha256")} if isinstance(statistics, dict) else statistics
+
+
+def _stale(model_path: Path, metrics_path: Path, wanted: dict) -> str | None:
+    """Why the saved random source can't be reused (None: it can); one line."""
+    if not model_path.is_file() and not metrics_path.is_file():
+        return "not built yet"
+    try:
+        saved = read_json(metrics_path, "random-weight source metrics file")
+    except EdgeError as error:
+        return str(error)
+    if not isinstance(saved, dict):
+        return f"{metrics_path}: not a metrics object"
+    for key, value in wanted.items():
+        got = saved.get(key)
+        if key == "batch_norm_statistics":  # the images' content decides, not how the folder was spelled
+            got = _identity(got)
+            value = _identity(value)
+        if got != value:
+            return f"{metrics_path.name}: {key} is {got!r}, wanted {value!r}"
+    if not model_path.is_file() or sha256_file(model_path) != saved.get("keras_sha256"):
+        return f"{model_path.name}: missing, or its bytes are not those {metrics_path.name} records"
+    return None
+
+
+def current_random_source(name: str, *, alpha: float, size: int, classes: int, output_dir: Path,
+                          calibration: CalibrationSource | None, seed: int = 0) -> Path | None:
+    """The saved random source for these settings if it is current, else None (TF-free, no lock)."""
+    shape = RandomShape(name, alpha, size, classes)
+    path = Path(output_dir) / f"{shape.stem}.keras"
+    wanted = _wanted(shape, calibration, seed)
+    return path if _stale(path, path.with_name(f"{shape.stem}.metrics.json"), wanted) is None else None
+
+
+def prepare_random_source(name: str, *, alpha: float, size: int, classes: int, output_dir: Path,
+                          calibration: CalibrationSource | None, seed: int = 0) -> Path:
+    """``output_dir/{stem}.keras`` (+ ``{stem}.metrics.json``): registry model ``name`` with weights drawn
+    from ``seed`` and, unless ``calibration`` is None, every BatchNormalization's moving statistics set
+    from ``BATCH_NORM_IMAGES`` calibration images (see :func:`batch_norm_images`) preprocessed as the
+    model expects. Reused when the saved pair matches these settings and images, rebuilt otherwise;
+    built under a lock file, written atomically (safe for several processes)."""
+    with _random_source(RandomShape(name, alpha, size, classes), Path(output_dir), calibration, seed) as path:
+        return path
+
+
+@contextlib.contextmanager
+def _random_source(shape: RandomShape, output_dir: Path, calibration: CalibrationSource | None,
+                   seed: int) -> Iterator[Path]:
+    """The current random source's path, held under its lock for the block."""
+    model_path = output_dir / f"{shape.stem}.keras"
+    metrics_path = output_dir / f"{shape.stem}.metrics.json"
+    with locked(output_dir / f".{shape.stem}.lock"):
+        wanted = _wanted(shape, calibration, seed)
+        reason = _stale(model_path, metrics_path, wanted)
+        if reason is not None:
+            if reason != "not built yet":
+                print(f"rebuilding {model_path}: {reason}", file=sys.stderr, flush=True)
+            _build_random_source(shape, calibration, wanted, model_path, metrics_path)
+        yield model_path
+
+
+def _build_random_source(shape: RandomShape, calibration: CalibrationSource | None, wanted: dict,
+                         model_path: Path, metrics_path: Path) -> None:
+    from edge_mobilenet.data.calibration import load_calibration
+    from edge_mobilenet.models.registry import build_model
+    from edge_mobilenet.train import calibrate_batch_norm
+
+    with _seeded(wanted["seed"]):
+        model = build_model(shape.name, alpha=shape.alpha, size=shape.size, classes=shape.classes)
+    preprocessing = get_preprocessing(infer_preprocessing_name(model))
+    statistics = dict(wanted["batch_norm_statistics"])
+    if calibration is not None:
+        images = load_calibration(batch_norm_images(calibration), (shape.size, shape.size), preprocessing)
+        calibrate_batch_norm(model, images.inputs(preprocessing))
+        statistics["images"] = len(images.images)
+        if images.images.skipped:
+            statistics["skipped"] = list(images.images.skipped)
+    with atomic_path(model_path, suffix=".keras") as tmp:
+        model.save(tmp)
+        keras_sha256 = sha256_file(tmp)
+    write_json_atomic(metrics_path, {**wanted, "batch_norm_statistics": statistics,
+                                     "preprocessing": preprocessing.to_dict(), "keras_sha256": keras_sha256})
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Python's and NumPy's global generators seeded for the block (Keras draws initializer seeds from
+    Python's ``random``), then put back as they were."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
 
 
 def load_eval_set(float_model: FloatModel, settings: QuantizeSettings,

@@ -1,0 +1,378 @@
+"""Training SSDLite detectors, and their host-side evaluation (COCO mAP on the val split).
+
+Choices, as the TF Object Detection API's SSDLite configs make them:
+  * matching: the argmax matcher on IoU. An anchor whose best ground-truth IoU is >= 0.5 is positive
+    (that box), < 0.4 negative (background), between ignored; every ground-truth box is also forced
+    onto its best anchor (``force_match_for_each_row``), so a small box never goes unmatched.
+  * targets: matched boxes encoded against their anchors with the centre-size coder (10, 10, 5, 5).
+  * loss: Huber (delta 1, the API's ``weighted_smooth_l1``) on the box codes of positives, plus sigmoid
+    focal loss (gamma 2, alpha 0.25; RetinaNet, and the SSDLite MobileNetV3 configs) over every
+    not-ignored anchor and every column, background included (one-hot targets, background = column 0);
+    both summed and divided by the batch's number of positives. Focal loss rather than softmax with 3:1
+    hard-negative mining: the head's class bias starts at -4.6 (a sigmoid prior of 0.01, which is what
+    focal loss assumes), it needs no sort per batch and no mining ratio to tune, and the scores it trains
+    are the sigmoid scores TFLite's post-process op and :mod:`runtimes.detection` decode.
+  * no augmentation: flips would mirror digits into other shapes (or other digits).
+
+Data are numpy arrays in memory: every image resized (whole, no crop: boxes are normalised) to the
+model's input and given its preprocessing. From scratch, BatchNormalization uses momentum 0.9 (see
+``train.py``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from edge_mobilenet.errors import EdgeError
+from edge_mobilenet.fileio import atomic_path, write_json_atomic
+from edge_mobilenet.runtimes.detection import NmsSettings, decode_detections
+
+SCRATCH_BN_MOMENTUM = 0.9
+SYNTHETIC_FOLDER = "detection-set"
+
+
+@dataclass(frozen=True)
+class MatcherSettings:
+    """The API's ``argmax_matcher`` (IoU similarity)."""
+
+    matched_threshold: float = 0.5
+    unmatched_threshold: float = 0.4
+    force_match_for_each_row: bool = True
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    focal_gamma: float = 2.0
+    focal_alpha: float = 0.25
+    huber_delta: float = 1.0
+    localization_weight: float = 1.0
+    classification_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class DetectionTrainSettings:
+    """What :func:`train_detector` does; checked on construction (one-line EdgeError naming the option)."""
+
+    model: str = "ssdlite_mobilenet_v2"
+    alpha: float = 0.35
+    size: int = 96
+    data_dir: str | None = None  # a COCO folder holding train/ and val/; None: the synthetic set
+    synthetic_count: int = 500  # images of the synthetic set (train + val), when data_dir is None
+    epochs: int = 40
+    batch_size: int = 16
+    learning_rate: float = 3e-3
+    seed: int = 0
+    weights: str | None = None  # a classification .keras of the same backbone and alpha
+    bn_momentum: float | None = None
+    output_dir: str = "build/models"
+    progress: bool = True
+    name: str | None = None  # output file stem; default derived from model/alpha/size
+    matcher: MatcherSettings = MatcherSettings()
+    loss: LossSettings = LossSettings()
+    nms: NmsSettings = NmsSettings()
+
+    def __post_init__(self):
+        from edge_mobilenet.models.registry import DETECTORS, make_detector_config
+
+        if self.model not in DETECTORS:
+            raise EdgeError(f"--model {self.model!r} is not a detector; choose one of: {', '.join(DETECTORS)}")
+        for option, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size),
+                              ("synthetic_count", self.synthetic_count)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise EdgeError(f"{option} must be an integer >= 1; received {value!r}")
+        if self.synthetic_count < 2:
+            raise EdgeError(f"synthetic_count must be >= 2 (one image per split); received {self.synthetic_count}")
+        if not (isinstance(self.learning_rate, (int, float)) and math.isfinite(self.learning_rate)
+                and self.learning_rate > 0):
+            raise EdgeError(f"--learning-rate must be a finite number > 0; received {self.learning_rate!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise EdgeError(f"--seed must be an integer >= 0; received {self.seed!r}")
+        if self.bn_momentum is not None and not 0 < self.bn_momentum < 1:
+            raise EdgeError(f"--bn-momentum must be in (0, 1); received {self.bn_momentum!r}")
+        if not 0 < self.matcher.unmatched_threshold <= self.matcher.matched_threshold <= 1:
+            raise EdgeError("matcher thresholds must satisfy 0 < unmatched <= matched <= 1; received "
+                            f"{self.matcher.unmatched_threshold}, {self.matcher.matched_threshold}")
+        if self.data_dir is not None:
+            for split in ("train", "val"):
+                if not (Path(self.data_dir) / split).is_dir():
+                    raise EdgeError(f"--data {self.data_dir}: expected a COCO folder with train/ and val/ "
+                                    f"sub-folders (no {split}/)")
+        make_detector_config(self.model, alpha=self.alpha, size=self.size, classes=1)  # alpha, size
+
+    @property
+    def stem(self) -> str:
+        return self.name or f"{self.model}_{self.alpha:g}_{self.size}"
+
+
+# -- matching and targets (numpy) ---------------------------------------------------------------------
+
+def iou_matrix(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """IoU [K, N] of corner boxes [K, 4] with corner boxes [N, 4] (ymin, xmin, ymax, xmax)."""
+    a, b = np.asarray(boxes, np.float64)[:, None, :], np.asarray(others, np.float64)[None, :, :]
+    height = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    width = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = height * width
+    area = lambda x: (x[..., 2] - x[..., 0]) * (x[..., 3] - x[..., 1])
+    union = area(a) + area(b) - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+NEGATIVE, IGNORED = -1, -2
+
+
+def match_anchors(boxes: np.ndarray, anchors: np.ndarray, matcher: MatcherSettings = MatcherSettings()) -> np.ndarray:
+    """Per anchor: the index of its ground-truth box, ``NEGATIVE`` (-1) or ``IGNORED`` (-2).
+
+    Args:
+        boxes: [K, 4] ground truth (ymin, xmin, ymax, xmax), normalised.
+        anchors: [N, 4] (ycenter, xcenter, h, w), normalised.
+    """
+    from edge_mobilenet.models.anchors import center_size_to_corners
+
+    matches = np.full(len(anchors), NEGATIVE, np.int64)
+    if len(boxes) == 0:
+        return matches
+    iou = iou_matrix(boxes, center_size_to_corners(anchors))
+    best_box, best_iou = iou.argmax(axis=0), iou.max(axis=0)
+    matches = np.where(best_iou >= matcher.matched_threshold, best_box,
+                       np.where(best_iou < matcher.unmatched_threshold, NEGATIVE, IGNORED))
+    if matcher.force_match_for_each_row:
+        for box, anchor in enumerate(iou.argmax(axis=1)):
+            matches[anchor] = box
+    return matches
+
+
+def anchor_targets(boxes: np.ndarray, classes: np.ndarray, anchors: np.ndarray,
+                   matcher: MatcherSettings = MatcherSettings()) -> tuple[np.ndarray, np.ndarray]:
+    """(box codes [N, 4] float32, class targets [N] int32): 0 background, c + 1 a box of class c, -1 ignored."""
+    from edge_mobilenet.models.anchors import BOX_CODER
+
+    matches = match_anchors(boxes, anchors, matcher)
+    positive = matches >= 0
+    codes = np.zeros((len(anchors), 4), np.float32)
+    if positive.any():
+        codes[positive] = BOX_CODER.encode(np.asarray(boxes, np.float32)[matches[positive]], anchors[positive])
+    labels = np.where(matches == IGNORED, -1, 0).astype(np.int32)
+    labels[positive] = np.asarray(classes, np.int64)[matches[positive]] + 1
+    return codes, labels
+
+
+# -- loss (TensorFlow) --------------------------------------------------------------------------------
+
+def detection_loss(box_targets, class_targets, box_predictions, class_logits, loss: LossSettings = LossSettings()):
+    """(total, localisation, classification) losses of a batch, each divided by its number of positives."""
+    import tensorflow as tf
+
+    positive = tf.cast(class_targets > 0, tf.float32)
+    weight = tf.cast(class_targets >= 0, tf.float32)
+    positives = tf.maximum(tf.reduce_sum(positive), 1.0)
+    error = tf.abs(box_predictions - box_targets)
+    delta = loss.huber_delta
+    huber = tf.where(error < delta, 0.5 * error ** 2, delta * (error - 0.5 * delta))
+    localization = tf.reduce_sum(tf.reduce_sum(huber, axis=-1) * positive) / positives
+    onehot = tf.one_hot(tf.maximum(class_targets, 0), tf.shape(class_logits)[-1], dtype=tf.float32)
+    cross_entropy = tf.nn.sigmoid_cross_entropy_with_logits(labels=onehot, logits=class_logits)
+    probability = tf.sigmoid(class_logits)
+    p_t = onehot * probability + (1 - onehot) * (1 - probability)
+    alpha_t = onehot * loss.focal_alpha + (1 - onehot) * (1 - loss.focal_alpha)
+    focal = alpha_t * tf.pow(1 - p_t, loss.focal_gamma) * cross_entropy
+    classification = tf.reduce_sum(tf.reduce_sum(focal, axis=-1) * weight) / positives
+    total = loss.localization_weight * localization + loss.classification_weight * classification
+    return total, localization, classification
+
+
+# -- data -----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class DetectionArrays:
+    """One split in memory: preprocessed images [M, H, W, 3] float32 and the anchor targets."""
+
+    images: np.ndarray
+    box_targets: np.ndarray
+    class_targets: np.ndarray
+    coco: object  # the CocoSet (ground truth for evaluation)
+
+
+def dataset_folder(settings: DetectionTrainSettings) -> tuple[Path, dict]:
+    """The COCO folder to train on and how to describe it; writes the synthetic set when needed (reused
+    when its manifest says it has the same count, seed and size)."""
+    from edge_mobilenet.data.detection import write_detection_set
+
+    if settings.data_dir is not None:
+        return Path(settings.data_dir), {"source": "folder", "path": str(settings.data_dir)}
+    folder = Path(settings.output_dir) / f"{SYNTHETIC_FOLDER}-{settings.synthetic_count}-{settings.size}-s{settings.seed}"
+    manifest = _existing_manifest(folder)
+    if not (manifest and manifest.get("count") == settings.synthetic_count and manifest.get("seed") == settings.seed
+            and manifest.get("size") == [settings.size, settings.size]):
+        manifest = write_detection_set(folder, count=settings.synthetic_count, seed=settings.seed,
+                                       size=settings.size)
+    keys = ("source", "licence", "count", "seed", "size", "splits", "sha256", "generated_by")
+    return folder, {"path": str(folder), **{key: manifest.get(key) for key in keys}}
+
+
+def _existing_manifest(folder: Path) -> dict | None:
+    import json
+
+    try:
+        return json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def load_split(folder: Path, size: int, preprocessing, anchors: np.ndarray, matcher: MatcherSettings) -> DetectionArrays:
+    """A COCO folder as arrays: images resized to ``size`` with the model's preprocessing, and targets."""
+    from PIL import Image
+
+    from edge_mobilenet.data.detection import load_coco
+
+    coco = load_coco(folder)
+    pixels = np.zeros((len(coco.images), size, size, 3), np.uint8)
+    for index, image in enumerate(coco.images):
+        with Image.open(image.path) as opened:
+            rgb = opened.convert("RGB")
+            if rgb.size != (size, size):
+                rgb = rgb.resize((size, size), Image.BILINEAR)
+            pixels[index] = np.asarray(rgb)
+    targets = [anchor_targets(image.boxes[~image.crowd], image.classes[~image.crowd], anchors, matcher)
+               for image in coco.images]
+    return DetectionArrays(preprocessing.apply(pixels), np.stack([t[0] for t in targets]),
+                           np.stack([t[1] for t in targets]), coco)
+
+
+# -- training ------------------------------------------------------------------------------------------
+
+def _build(settings: DetectionTrainSettings, classes: int):
+    from edge_mobilenet.models.registry import build_detector
+
+    momentum = settings.bn_momentum
+    if momentum is None and settings.weights is None:
+        momentum = SCRATCH_BN_MOMENTUM
+    return build_detector(settings.model, alpha=settings.alpha, size=settings.size, classes=classes,
+                          bn_momentum=momentum, backbone_weights=settings.weights)
+
+
+def _make_step(model, optimizer, loss: LossSettings):
+    import tensorflow as tf
+
+    @tf.function(reduce_retracing=True)
+    def step(images, box_targets, class_targets):
+        with tf.GradientTape() as tape:
+            box_predictions, class_logits = model(images, training=True)
+            total, localization, classification = detection_loss(box_targets, class_targets, box_predictions,
+                                                                 class_logits, loss)
+        variables = model.trainable_variables
+        optimizer.apply_gradients(zip(tape.gradient(total, variables), variables))
+        return total, localization, classification
+
+    return step
+
+
+def fit_detector(model, train: DetectionArrays, settings: DetectionTrainSettings) -> dict:
+    """Adam with cosine decay over all steps; returns the per-epoch mean losses."""
+    import keras
+    from tqdm import tqdm
+
+    count = len(train.images)
+    steps_per_epoch = max(1, math.ceil(count / settings.batch_size))
+    schedule = keras.optimizers.schedules.CosineDecay(settings.learning_rate, steps_per_epoch * settings.epochs,
+                                                      alpha=0.01)
+    step = _make_step(model, keras.optimizers.Adam(schedule), settings.loss)
+    order_rng = np.random.default_rng(settings.seed)
+    history = {"loss": [], "localization_loss": [], "classification_loss": []}
+    bar = tqdm(total=settings.epochs, desc="training detector", unit="epoch", disable=not settings.progress)
+    try:
+        for _ in range(settings.epochs):
+            order = order_rng.permutation(count)
+            sums = np.zeros(3)
+            for start in range(0, count, settings.batch_size):
+                batch = order[start:start + settings.batch_size]
+                values = step(train.images[batch], train.box_targets[batch], train.class_targets[batch])
+                sums += [float(v) for v in values]
+            means = sums / steps_per_epoch
+            if not np.all(np.isfinite(means)):
+                raise EdgeError(f"training {settings.model} diverged: the loss became NaN/inf at epoch "
+                                f"{len(history['loss']) + 1} (learning rate {settings.learning_rate}); "
+                                "try a lower --learning-rate")
+            for key, value in zip(history, means):
+                history[key].append(round(float(value), 4))
+            bar.set_postfix(loss=f"{means[0]:.3f}", loc=f"{means[1]:.3f}", cls=f"{means[2]:.3f}")
+            bar.update(1)
+    finally:
+        bar.close()
+    return history
+
+
+def evaluate_detector(model, split: DetectionArrays, anchors: np.ndarray, nms: NmsSettings,
+                      batch_size: int = 64) -> dict[str, float]:
+    """COCO mAP (map, map50, map75) of ``model`` on ``split``, its raw outputs post-processed on the host."""
+    from edge_mobilenet.contracts.detection_metrics import coco_map
+
+    detections = []
+    for start in range(0, len(split.images), batch_size):
+        boxes, logits = model(split.images[start:start + batch_size], training=False)
+        detections += decode_detections(np.asarray(boxes), np.asarray(logits), anchors, settings=nms)
+    return coco_map(split.coco.ground_truth(), detections)
+
+
+def train_detector(settings: DetectionTrainSettings) -> dict:
+    """Train, evaluate on val, save ``{stem}.keras`` and ``{stem}.metrics.json``; return the metrics."""
+    import keras
+    import tensorflow as tf
+
+    from edge_mobilenet.data.preprocess import get_preprocessing
+    from edge_mobilenet.models.anchors import BOX_CODER, SSD_ANCHORS
+    from edge_mobilenet.models.detection import detector_anchors
+    from edge_mobilenet.models.registry import get_detector
+
+    entry = get_detector(settings.model)
+    folder, dataset = dataset_folder(settings)
+    keras.utils.set_random_seed(settings.seed)
+    tf.config.experimental.enable_op_determinism()
+    from edge_mobilenet.data.detection import load_coco
+
+    class_names = load_coco(folder / "val").class_names
+    model = _build(settings, len(class_names))
+    anchors = detector_anchors(model)
+    preprocessing = replace(get_preprocessing(entry.preprocessing), crop_fraction=1.0)
+    train = load_split(folder / "train", settings.size, preprocessing, anchors, settings.matcher)
+    val = load_split(folder / "val", settings.size, preprocessing, anchors, settings.matcher)
+    if train.coco.class_names != class_names:
+        raise EdgeError(f"{folder}: train/ and val/ have different categories")
+    started = time.perf_counter()
+    history = fit_detector(model, train, settings)
+    seconds = time.perf_counter() - started
+    metrics = evaluate_detector(model, val, anchors, settings.nms)
+    output = Path(settings.output_dir)
+    model_path = output / f"{settings.stem}.keras"
+    with atomic_path(model_path, suffix=".keras") as tmp:
+        model.save(tmp)
+    record = {
+        "model_path": str(model_path), "task": "detection", "model": settings.model, "alpha": settings.alpha,
+        "size": settings.size, "classes": len(class_names), "class_names": class_names, "background_class": 0,
+        "preprocessing": preprocessing.to_dict(), "resize": "whole image, bilinear (no crop)",
+        "outputs": ["box_encodings", "class_predictions"],
+        "anchors": {**asdict(SSD_ANCHORS), "count": int(len(anchors))},
+        "box_coder": {"name": "center_size", "scale_factors": list(BOX_CODER.scale_factors)},
+        "matcher": asdict(settings.matcher), "loss": {"classification": "sigmoid_focal",
+                                                      "localization": "huber", **asdict(settings.loss)},
+        "nms": settings.nms.to_json(), "dataset": dataset,
+        "train_images": len(train.images), "val_images": len(val.images),
+        "train_boxes": train.coco.num_boxes, "val_boxes": val.coco.num_boxes,
+        "metrics": metrics, "seconds": round(seconds, 1), "trained_weights": True,
+        "settings": _settings_json(settings),
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+        "history": history,
+    }
+    write_json_atomic(output / f"{settings.stem}.metrics.json", record)
+    return record
+
+
+def _settings_json(settings: DetectionTrainSettings) -> dict:
+    values = {key: value for key, value in asdict(settings).items() if key not in ("progress", "nms")}
+    return {**values, "nms": settings.nms.to_json()}

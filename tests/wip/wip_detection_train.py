@@ -1,0 +1,105 @@
+"""Detection training and host-side post-processing: matching, loss, NMS, decoding, the saved record."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edge_mobilenet.errors import EdgeError
+from edge_mobilenet.models.anchors import BOX_CODER, center_size_to_corners
+from edge_mobilenet.runtimes.detection import NmsSettings, decode_boxes, decode_detections
+from edge_mobilenet.train_detection import (IGNORED, NEGATIVE, DetectionTrainSettings, anchor_targets,
+                                            match_anchors)
+
+ANCHORS = np.array([[0.25, 0.25, 0.5, 0.5],    # exactly the box below
+                    [0.30, 0.25, 0.5, 0.5],    # shifted: IoU 0.82 -> positive
+                    [0.25, 0.25, 0.5, 0.3],    # IoU 0.6 -> positive
+                    [0.25, 0.25, 0.5, 0.22],   # IoU 0.44 -> ignored
+                    [0.75, 0.75, 0.5, 0.5],    # far -> negative
+                    [0.80, 0.80, 0.1, 0.1],    # the best anchor of the small box (IoU < 0.4): forced
+                    [0.10, 0.90, 0.1, 0.1]], np.float32)
+BOXES = np.array([[0.0, 0.0, 0.5, 0.5], [0.76, 0.76, 0.9, 0.9]], np.float32)
+
+
+def test_matching_thresholds_and_forced_best_anchor():
+    matches = match_anchors(BOXES, ANCHORS)
+    assert matches.tolist() == [0, 0, 0, IGNORED, NEGATIVE, 1, NEGATIVE]
+    codes, labels = anchor_targets(BOXES, np.array([3, 7]), ANCHORS)
+    assert labels.tolist() == [4, 4, 4, -1, 0, 8, 0]
+    np.testing.assert_allclose(codes[0], 0, atol=1e-5)
+    np.testing.assert_allclose(BOX_CODER.decode(codes[5], ANCHORS[5]), BOXES[1], atol=1e-5)
+    assert (codes[[3, 4, 6]] == 0).all()
+    assert (match_anchors(np.zeros((0, 4)), ANCHORS) == NEGATIVE).all()
+
+
+def test_decoding_inverts_encoding():
+    rng = np.random.default_rng(0)
+    anchors = np.column_stack([rng.uniform(0.2, 0.8, (50, 2)), rng.uniform(0.1, 0.6, (50, 2))])
+    boxes = center_size_to_corners(np.column_stack([rng.uniform(0.2, 0.8, (50, 2)), rng.uniform(0.05, 0.5, (50, 2))]))
+    codes = BOX_CODER.encode(boxes, anchors)
+    np.testing.assert_allclose(decode_boxes(codes, anchors), boxes, atol=1e-6)
+    np.testing.assert_allclose(decode_boxes(codes, anchors), BOX_CODER.decode(codes, anchors), atol=1e-6)
+
+
+def _logits(scores):
+    """Per-anchor class scores [N, C] -> logits [N, C + 1] whose sigmoid is those scores."""
+    scores = np.clip(np.asarray(scores, np.float64), 1e-6, 1 - 1e-6)
+    return np.column_stack([np.full(len(scores), -10.0), np.log(scores / (1 - scores))])
+
+
+def test_nms_per_class_and_threshold():
+    anchors = np.array([[0.3, 0.3, 0.2, 0.2], [0.31, 0.3, 0.2, 0.2], [0.3, 0.3, 0.2, 0.2], [0.8, 0.8, 0.2, 0.2]])
+    codes = np.zeros((4, 4))
+    scores = [[0.9, 0.0], [0.8, 0.0], [0.0, 0.7], [0.05, 0.0]]  # 0 and 1 overlap (class 0), 2 is class 1
+    (found,) = decode_detections(codes, _logits(scores), anchors, score_threshold=0.1)
+    assert found.classes.tolist() == [0, 1] and np.allclose(found.scores, [0.9, 0.7])
+    np.testing.assert_allclose(found.boxes[0], [0.2, 0.2, 0.4, 0.4], atol=1e-6)
+    (low,) = decode_detections(codes, _logits(scores), anchors, score_threshold=0.01)
+    assert np.allclose(sorted(low.scores), [0.05, 0.7, 0.9], atol=1e-6)
+    (fast,) = decode_detections(codes, _logits(scores), anchors,
+                                settings=NmsSettings(score_threshold=0.1, regular_nms=False))
+    assert fast.classes.tolist() == [0]  # class-agnostic: the class-1 box at the same place is suppressed
+    (clipped,) = decode_detections(np.zeros((1, 4)), _logits([[0.9]]), np.array([[0.95, 0.95, 0.3, 0.3]]))
+    assert clipped.boxes.max() <= 1.0
+
+
+def test_bad_settings_are_one_line_errors(tmp_path):
+    for options, text in (({"model": "mobilenet_v2"}, "not a detector"), ({"epochs": 0}, "--epochs"),
+                          ({"alpha": -1.0}, "alpha"), ({"data_dir": str(tmp_path)}, "train/ and val/"),
+                          ({"learning_rate": float("nan")}, "--learning-rate")):
+        with pytest.raises(EdgeError, match=text) as caught:
+            DetectionTrainSettings(**options)
+        assert "\n" not in str(caught.value)
+    with pytest.raises(EdgeError, match="score_threshold"):
+        NmsSettings(score_threshold=1.5)
+
+
+def test_loss_decreases_and_training_saves_a_reloadable_model(tmp_path):
+    import keras
+
+    from edge_mobilenet.models.detection import detector_anchors
+    from edge_mobilenet.train_detection import _build, _make_step, dataset_folder, load_split
+    from edge_mobilenet.data.preprocess import get_preprocessing
+    from edge_mobilenet.train_detection import train_detector
+
+    settings = DetectionTrainSettings(alpha=0.35, size=64, synthetic_count=8, epochs=1, batch_size=4,
+                                      output_dir=str(tmp_path), progress=False)
+    keras.utils.set_random_seed(0)
+    folder, _ = dataset_folder(settings)
+    model = _build(settings, 10)
+    anchors = detector_anchors(model)
+    train = load_split(folder / "train", 64, get_preprocessing("symmetric"), anchors, settings.matcher)
+    step = _make_step(model, keras.optimizers.Adam(3e-3), settings.loss)
+    losses = [float(step(train.images, train.box_targets, train.class_targets)[0]) for _ in range(6)]
+    assert losses[-1] < losses[0] * 0.7, losses
+
+    record = train_detector(settings)
+    saved = json.loads((tmp_path / f"{settings.stem}.metrics.json").read_text())
+    assert saved["task"] == "detection" and set(saved["metrics"]) >= {"map", "map50", "map75"}
+    assert saved["classes"] == 10 and saved["box_coder"]["scale_factors"] == [10.0, 10.0, 5.0, 5.0]
+    assert saved["nms"]["iou_threshold"] == 0.6 and saved["dataset"]["count"] == 8
+    reloaded = keras.models.load_model(record["model_path"], compile=False)
+    boxes, logits = reloaded(train.images[:1], training=False)
+    assert boxes.shape == (1, len(anchors), 4) and logits.shape == (1, len(anchors), 11)
