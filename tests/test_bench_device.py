@@ -30,9 +30,9 @@ def _bench(run_cli, artifacts, extra, results):
     return run_cli("bench", *artifacts, *TINY, *extra, "--output", results)
 
 
-def _descendants_running(root: int, program: str, needle: str) -> list[int]:
+def _descendants_running(root: int, program: str, *needles: str) -> list[int]:
     """PIDs of the processes below ``root`` (which this test started) whose argv[0] is ``program``
-    and whose command line contains ``needle``: read from /proc, so nothing else is touched."""
+    and whose command line contains every one of ``needles``: read from /proc, so nothing else is touched."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -48,7 +48,8 @@ def _descendants_running(root: int, program: str, needle: str) -> list[int]:
             argv = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if Path(argv[0].decode()).name == program and needle.encode() in b" ".join(argv):
+        line = b" ".join(argv)
+        if Path(argv[0].decode()).name == program and all(n.encode() in line for n in needles):
             found.append(pid)
     return found
 
@@ -146,11 +147,15 @@ def test_connection_cut_mid_run_keeps_results_and_leaves_nothing_running(bench_a
     assert results.exists(), "the first artifact never finished"
     # wait until the runner for the second artifact is running on the device (its --min-seconds 10
     # keeps it there), then cut that session by killing our own ssh client by PID
+    # (the brief `cat > model_1.tflite` that copies it there is not the runner)
+    def runner_on_board() -> bool:
+        return any("device_runner" in line and "model_1." in line for line in _remote(pi, "ps -eo args").splitlines())
+
     deadline = time.time() + 120
-    while time.time() < deadline and "model_1." not in _remote(pi, "ps -eo args"):
+    while time.time() < deadline and not runner_on_board():
         time.sleep(0.5)
-    assert "model_1." in _remote(pi, "ps -eo args"), "the second artifact's runner never started"
-    clients = _descendants_running(process.pid, "ssh", "model_1.")
+    assert runner_on_board(), "the second artifact's runner never started"
+    clients = _descendants_running(process.pid, "ssh", "model_1.", "--exit-on-stdin-eof")
     assert clients, "no ssh client of this bench runs the second artifact"
     for pid in clients:
         os.kill(pid, signal.SIGKILL)

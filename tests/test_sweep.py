@@ -235,3 +235,19 @@ def test_a_second_driver_on_the_same_folder_is_refused(tmp_path, sweep_model, ru
     finally:
         holder.release()
     assert result.returncode == 2 and "another sweep is running on this folder" in result.stderr
+
+
+def test_random_weight_cells_get_batch_norm_statistics_from_the_calibration_images(tmp_path, sweep_model):
+    """A registry model without training: built in a worker with seeded weights and BatchNormalization
+    statistics from the calibration images, so int8 V3 is one XNNPACK partition (not ~20)."""
+    sweep = _sweep_file(tmp_path, sweep_model, formats=("int8",), threads=(1,))
+    text = sweep.read_text().split("[[model]]")[0] + '[[model]]\nname = "mobilenet_v3_small"\nalpha = 0.5\nsize = 64\n'
+    sweep.write_text(text)
+    result = _run(sweep, "--workers", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    [run] = _runs(tmp_path / "out")
+    assert run["status"] == "ok" and run["runtime"]["partitions"] == 1, run["runtime"]
+    assert run["accuracy"] is None and run["sweep"]["trained"] is False
+    [entry] = json.loads((tmp_path / "out" / "artifacts" / "manifest.json").read_text())["artifacts"]
+    statistics = entry["batch_norm_statistics"]
+    assert statistics["source"] == "calibration" and statistics["images"] >= 20 and statistics["sha256"]

@@ -23,8 +23,9 @@ def _board_profile(tmp_path, pi) -> str:
     return str(path)
 
 
-def _ssh_running(sid: int, needle: str) -> list[int]:
-    """ssh clients of this test's sweep whose command line runs ``needle`` on the board."""
+def _ssh_running(sid: int, needle: str = "--exit-on-stdin-eof") -> list[int]:
+    """ssh clients of this test's sweep whose command line contains ``needle``: by default the runner's
+    benchmark run (only it has --exit-on-stdin-eof; the ssh that copies device_runner.py there is brief)."""
     found = []
     for pid in _titled(sid, "ssh"):
         try:
@@ -45,7 +46,7 @@ def test_connection_cut_mid_run_is_retried_and_other_devices_go_on(tmp_path, pi,
     try:
         deadline, cut = time.time() + 900, []
         while time.time() < deadline and not cut and process.poll() is None:
-            cut = _ssh_running(process.pid, "device_runner.py")
+            cut = _ssh_running(process.pid)
             time.sleep(0.3)
         assert cut, "the board's runner was never seen running"
         time.sleep(2)
@@ -84,7 +85,7 @@ def test_two_devices_benchmark_at_once(tmp_path, pi, sweep_model):
     together = False
     try:
         while process.poll() is None:
-            together = together or bool(_local_runner(process.pid) and _ssh_running(process.pid, "device_runner.py"))
+            together = together or bool(_local_runner(process.pid) and _ssh_running(process.pid))
             time.sleep(0.2)
         out, err = process.communicate(timeout=60)
     finally:
