@@ -9,6 +9,7 @@ task adds metric names and rows, not switches. Older files are migrated on read 
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -54,6 +55,17 @@ def check(value: Any, where: Where, kinds: tuple) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         raise where.fail(f"must be a finite number, not {value}")
     return value
+
+
+def check_keys(table: dict, known: dict, where: Where, what: str) -> None:
+    """Every key of ``table`` is one of ``known`` (key -> kinds) and of its kinds; an unknown key's
+    error names the closest known one (``what``: "a recipe key", "a sweep key")."""
+    for key, value in table.items():
+        if key not in known:
+            close = difflib.get_close_matches(key, list(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
+            raise (where / key).fail(f"is not {what}{hint}")
+        check(value, where / key, known[key])
 
 
 def _is(value: Any, kind: type) -> bool:

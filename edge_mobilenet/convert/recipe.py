@@ -9,13 +9,12 @@ retrained only when its settings change).
 
 from __future__ import annotations
 
-import difflib
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 from edge_mobilenet.contracts.formats import parse_formats
-from edge_mobilenet.contracts.records import Where, check, get
+from edge_mobilenet.contracts.records import Where, check, check_keys, get
 from edge_mobilenet.errors import EdgeError
 from edge_mobilenet.fileio import read_json, read_toml
 
@@ -48,24 +47,15 @@ class Recipe:
     models_dir: str = "build/models"
 
 
-def _known_keys(table: dict, known: dict, where: Where) -> None:
-    for key in table:
-        if key not in known:
-            close = difflib.get_close_matches(key, list(known), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
-            raise (where / key).fail(f"is not a recipe key{hint}")
-        check(table[key], where / key, known[key])
-
-
 def model_recipe(row, where: Where) -> ModelRecipe:
     """One ``[[model]]`` row, validated (a sweep's model rows are read the same way)."""
     row = check(row, where, (dict,))
-    _known_keys(row, MODEL_KEYS, where)
+    check_keys(row, MODEL_KEYS, where, "a recipe key")
     if ("name" in row) == ("file" in row):
         raise where.fail("needs exactly one of name (a registered model) or file (a .keras/.h5 path)")
     train = row.get("train")
     if train is not None:
-        _known_keys(train, TRAIN_KEYS, where / "train")
+        check_keys(train, TRAIN_KEYS, where / "train", "a recipe key")
         for key in ("epochs", "batch_size"):
             if key in train and train[key] < 1:
                 raise (where / "train" / key).fail(f"must be >= 1; received {train[key]}")
@@ -92,12 +82,12 @@ def load_recipe(path: str | Path) -> Recipe:
     where = Where(path)
     if isinstance(data.get("model"), dict):
         raise (where / "model").fail("must be [[model]] tables (an array), not one [model] table")
-    _known_keys(data, TOP_KEYS, where)
+    check_keys(data, TOP_KEYS, where, "a recipe key")
     if not data.get("model"):
         raise where.fail("has no [[model]] tables")
     models = tuple(model_recipe(row, where / "model" / i) for i, row in enumerate(data["model"]))
     calibration = data.get("calibration", {})
-    _known_keys(calibration, CALIBRATION_KEYS, where / "calibration")
+    check_keys(calibration, CALIBRATION_KEYS, where / "calibration", "a recipe key")
     overrides = {key: data.get(key) for key in ("io", "onnx_activation_type", "onnx_calibration_method",
                                                 "target_accuracy", "eval_count")}
     overrides.update(output_dir=data.get("output"), eval_dir=data.get("eval"),

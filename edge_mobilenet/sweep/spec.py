@@ -8,14 +8,13 @@ through :class:`edge_mobilenet.sweep.stages.Stages` (sweep imports no sibling st
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_mobilenet.contracts.formats import parse_formats
-from edge_mobilenet.contracts.records import Where, check, get
+from edge_mobilenet.contracts.records import Where, check, check_keys, get
 from edge_mobilenet.errors import EdgeError
 from edge_mobilenet.fileio import read_toml
 
@@ -95,15 +94,6 @@ class Sweep:
         return [(v, f, d, t) for v in self.variants for f in v.formats for d in self.devices for t in self.threads]
 
 
-def _known(table: dict, known: dict, where: Where) -> None:
-    for key, value in table.items():
-        if key not in known:
-            close = difflib.get_close_matches(key, list(known), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
-            raise (where / key).fail(f"is not a sweep key{hint}")
-        check(value, where / key, known[key])
-
-
 def _list(table: dict, key: str, where: Where, kinds: tuple, default=None) -> list:
     values = get(table, key, where, (list,), default)
     if values is None:
@@ -131,7 +121,7 @@ def _axis(row: dict, one: str, many: str, where: Where, kinds: tuple, default) -
 
 def _variants(row, where: Where, formats: tuple[str, ...], stages) -> list[Variant]:
     row = check(row, where, (dict,))
-    _known(row, MODEL_KEYS, where)
+    check_keys(row, MODEL_KEYS, where, "a sweep key")
     if ("name" in row) == ("file" in row):
         raise where.fail("needs exactly one of name (a registered model) or file (a .keras/.h5 path)")
     own = _formats(_list(row, "formats", where, (str,)), where / "formats") if "formats" in row else formats
@@ -190,9 +180,9 @@ def load_sweep(path: str | Path, stages) -> Sweep:
     where = Where(path)
     if isinstance(data.get("model"), dict):
         raise (where / "model").fail("must be [[model]] tables (an array), not one [model] table")
-    _known(data, TOP_KEYS, where)
+    check_keys(data, TOP_KEYS, where, "a sweep key")
     for key, known in (("calibration", CALIBRATION_KEYS), ("bench", BENCH_KEYS), ("retry", RETRY_KEYS)):
-        _known(data.get(key, {}), known, where / key)
+        check_keys(data.get(key, {}), known, where / key, "a sweep key")
     if not data.get("model"):
         raise where.fail("has no [[model]] tables")
     quantize = _quantize_overrides(data)
