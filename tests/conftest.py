@@ -122,3 +122,16 @@ def pi():
 def android():
     """The emulated board over real adb."""
     yield from emulated_board("adb")
+
+
+def assert_int8_outputs_agree(on_board: dict, on_host: dict) -> None:
+    """The same int8 artifact on the (emulated) ARM board and on this x86 host: XNNPACK's int8 kernels of
+    the two architectures round differently in rare cases (measured on V1 0.25/32: 4 of 3000 outputs one
+    quantization step apart, no top-1 changed), so the runs agree to one image, not bit for bit."""
+    board, host = on_board["accuracy"], on_host["accuracy"]
+    assert board["images"] == host["images"]
+    step = 1 / board["images"] + 1e-9
+    assert abs(board["top1"] - host["top1"]) <= step, (board, host)
+    if host.get("agreement_with_float") is not None:
+        assert abs(board["agreement_with_float"] - host["agreement_with_float"]) <= step, (board, host)
+        assert abs(board["output_snr_db"] - host["output_snr_db"]) < 1.0, (board, host)

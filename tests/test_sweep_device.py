@@ -9,6 +9,7 @@ import signal
 import time
 
 import pytest
+from conftest import assert_int8_outputs_agree
 
 from test_sweep import _kill_session, _runs, _start, _sweep_file, _titled, sweep_model  # noqa: F401
 
@@ -60,7 +61,7 @@ def test_connection_cut_mid_run_is_retried_and_other_devices_go_on(tmp_path, pi,
     assert runs["local"]["status"] == "ok" and runs["board"]["status"] == "ok"
     assert runs["board"]["sweep"]["attempts"] == 2 and runs["local"]["sweep"]["attempts"] == 1
     assert runs["board"]["device"]["machine"] == "aarch64"
-    assert runs["board"]["outputs_sha256"] == runs["local"]["outputs_sha256"]  # int8: same outputs on ARM
+    assert_int8_outputs_agree(runs["board"], runs["local"])
     assert "(attempt 2)" in err
 
 

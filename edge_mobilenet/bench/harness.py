@@ -184,6 +184,13 @@ def parse_runner_output(result, transport: Transport) -> dict:
         return {"ok": False, "error_kind": "timeout", "error": "timed out"}
     if result.returncode == 124:
         return {"ok": False, "error_kind": "timeout", "error": "timed out on the device"}
+    if transport.name == "ssh" and (result.returncode == 255 or result.returncode < 0):
+        # ssh's own failure (255) or our ssh client killed: the connection, not the model (a runner that
+        # crashes on the device gives its own exit status through ssh); a transport error, retried by sweeps
+        how = "ssh failed" if result.returncode == 255 else f"ssh client killed (signal {-result.returncode})"
+        detail = [l for l in stderr.splitlines() if l.strip()][-1:]
+        raise EdgeError(f"{transport.describe()}: connection lost during the run: {how}"
+                        + (f": {detail[0][:200]}" if detail else ""))
     if result.returncode == 127 or "not found" in stderr:
         raise EdgeError(f"{transport.describe()}: no {transport.python} on the device: install Python 3.9+ "
                         "with numpy, then `pip install ai-edge-litert` (or tflite-runtime / onnxruntime)")
