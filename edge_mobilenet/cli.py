@@ -16,8 +16,10 @@ import click
 
 from edge_mobilenet.contracts.formats import FORMATS
 from edge_mobilenet.errors import EdgeError
+from edge_mobilenet.quiet import drop_retracing_warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+drop_retracing_warnings()
 
 
 class Terminated(KeyboardInterrupt):

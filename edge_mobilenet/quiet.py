@@ -9,6 +9,7 @@ other line (real warnings and errors stay visible).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import sys
@@ -19,6 +20,14 @@ NOISE = re.compile(
     r"^(INFO: Created TensorFlow Lite XNNPACK delegate|fully_quantize: \d|WARNING: All log messages before "
     r"absl::InitializeLog|I0000 00:00:\d+\.\d+\s+\d+ (port\.cc|cpu_feature_guard|tf_tfl_flatbuffer_helpers)|"
     r"Estimated count of arithmetic ops|INFO: Initialized TensorFlow Lite runtime)")
+
+
+def drop_retracing_warnings() -> None:
+    """TensorFlow's Python logger warns "N out of the last N calls ... triggered tf.function retracing" when
+    one process predicts with several models (``make quantize`` trains and validates one after another):
+    expected here, and no use to the user. Other TensorFlow warnings stay."""
+    logging.getLogger("tensorflow").addFilter(
+        lambda record: "triggered tf.function retracing" not in record.getMessage())
 
 
 @contextlib.contextmanager
