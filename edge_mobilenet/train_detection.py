@@ -12,7 +12,11 @@ Choices, as the TF Object Detection API's SSDLite configs make them:
     hard-negative mining: the head's class bias starts at -4.6 (a sigmoid prior of 0.01, which is what
     focal loss assumes), it needs no sort per batch and no mining ratio to tune, and the scores it trains
     are the sigmoid scores TFLite's post-process op and :mod:`runtimes.detection` decode.
-  * no augmentation: flips would mirror digits into other shapes (or other digits).
+  * augmentation (``augment``, on by default): each training image zoomed by a random factor in 0.75..1.33
+    and shifted at random, every box kept whole inside (:func:`zoom_and_shift`), anchor targets matched
+    anew per batch. Without it the model memorises the 400 training images (on the default synthetic
+    set: train-split mAP@0.5 0.88, val 0.03); with it train and val agree (0.13, 0.11). No flips: they
+    would mirror digits into other shapes (or other digits).
 
 Data are numpy arrays in memory: every image resized (whole, no crop: boxes are normalised) to the
 model's input and given its preprocessing. From scratch, BatchNormalization uses momentum 0.9 (see
@@ -56,6 +60,13 @@ class LossSettings:
 
 
 @dataclass(frozen=True)
+class AugmentSettings:
+    """Random zoom and shift of every training image, drawn anew each epoch (:func:`zoom_and_shift`)."""
+
+    zoom: tuple[float, float] = (0.75, 1.33)  # scale factor range (log-uniform), capped so every box fits
+
+
+@dataclass(frozen=True)
 class DetectionTrainSettings:
     """What :func:`train_detector` does; checked on construction (one-line EdgeError naming the option)."""
 
@@ -75,6 +86,7 @@ class DetectionTrainSettings:
     name: str | None = None  # output file stem; default derived from model/alpha/size
     matcher: MatcherSettings = MatcherSettings()
     loss: LossSettings = LossSettings()
+    augment: AugmentSettings | None = AugmentSettings()  # None: the images as they are
     nms: NmsSettings = NmsSettings()
 
     def __post_init__(self):
@@ -88,6 +100,9 @@ class DetectionTrainSettings:
                 raise EdgeError(f"{option} must be an integer >= 1; received {value!r}")
         if self.synthetic_count < 2:
             raise EdgeError(f"synthetic_count must be >= 2 (one image per split); received {self.synthetic_count}")
+        if self.augment is not None and not 0 < self.augment.zoom[0] <= 1 <= self.augment.zoom[1]:
+            raise EdgeError("augment.zoom must be (low, high) with 0 < low <= 1 <= high; "
+                            f"received {self.augment.zoom!r}")
         if not (isinstance(self.learning_rate, (int, float)) and math.isfinite(self.learning_rate)
                 and self.learning_rate > 0):
             raise EdgeError(f"--learning-rate must be a finite number > 0; received {self.learning_rate!r}")
@@ -245,6 +260,43 @@ def load_split(folder: Path, size: int, preprocessing, anchors: np.ndarray, matc
                            np.stack([t[1] for t in targets]), coco)
 
 
+def zoom_and_shift(image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator,
+                   zoom: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` [H, W, C] (preprocessed) scaled by a log-uniform factor in ``zoom`` and shifted at
+    random, with its boxes [K, 4]: the factor is capped and the shift drawn so that every box stays whole
+    inside the image (a cut digit may read as another). Uncovered pixels are 0 (mid-grey once
+    preprocessed)."""
+    from scipy.ndimage import affine_transform
+
+    if len(boxes):
+        first, last = boxes[:, :2].min(axis=0), boxes[:, 2:].max(axis=0)  # (ymin, xmin), (ymax, xmax)
+    else:
+        first = last = np.full(2, 0.5)
+    low, high = zoom
+    high = min(high, 1.0 / max(float((last - first).max()), 1e-6))
+    scale = math.exp(rng.uniform(math.log(low), math.log(high)))
+    shift = rng.uniform(-first * scale, 1.0 - last * scale)  # normalised (y, x): new = old * scale + shift
+    size = np.array(image.shape[:2])
+    offset = (0.5 - shift * size) / scale - 0.5  # input pixel = output pixel / scale + offset
+    pixels = affine_transform(image, [1 / scale, 1 / scale, 1], offset=[*offset, 0], order=1, mode="constant")
+    return pixels, (boxes * scale + np.tile(shift, 2)).astype(np.float32)
+
+
+def augmented_batch(split: DetectionArrays, indices: np.ndarray, anchors: np.ndarray,
+                    settings: DetectionTrainSettings, rng: np.random.Generator):
+    """(images, box targets, class targets) of ``indices`` after :func:`zoom_and_shift`."""
+    images, box_targets, class_targets = [], [], []
+    for index in indices:
+        image = split.coco.images[index]
+        keep = ~image.crowd
+        pixels, boxes = zoom_and_shift(split.images[index], image.boxes[keep], rng, settings.augment.zoom)
+        codes, labels = anchor_targets(boxes, image.classes[keep], anchors, settings.matcher)
+        images.append(pixels)
+        box_targets.append(codes)
+        class_targets.append(labels)
+    return np.stack(images), np.stack(box_targets), np.stack(class_targets)
+
+
 # -- training ------------------------------------------------------------------------------------------
 
 def _build(settings: DetectionTrainSettings, classes: int):
@@ -273,7 +325,7 @@ def _make_step(model, optimizer, loss: LossSettings):
     return step
 
 
-def fit_detector(model, train: DetectionArrays, settings: DetectionTrainSettings) -> dict:
+def fit_detector(model, train: DetectionArrays, anchors: np.ndarray, settings: DetectionTrainSettings) -> dict:
     """Adam with cosine decay over all steps; returns the per-epoch mean losses."""
     import keras
     from tqdm import tqdm
@@ -292,7 +344,10 @@ def fit_detector(model, train: DetectionArrays, settings: DetectionTrainSettings
             sums = np.zeros(3)
             for start in range(0, count, settings.batch_size):
                 batch = order[start:start + settings.batch_size]
-                values = step(train.images[batch], train.box_targets[batch], train.class_targets[batch])
+                if settings.augment is None:
+                    values = step(train.images[batch], train.box_targets[batch], train.class_targets[batch])
+                else:
+                    values = step(*augmented_batch(train, batch, anchors, settings, order_rng))
                 sums += [float(v) for v in values]
             means = sums / steps_per_epoch
             if not np.all(np.isfinite(means)):
@@ -345,7 +400,7 @@ def train_detector(settings: DetectionTrainSettings) -> dict:
     if train.coco.class_names != class_names:
         raise EdgeError(f"{folder}: train/ and val/ have different categories")
     started = time.perf_counter()
-    history = fit_detector(model, train, settings)
+    history = fit_detector(model, train, anchors, settings)
     seconds = time.perf_counter() - started
     metrics = evaluate_detector(model, val, anchors, settings.nms)
     output = Path(settings.output_dir)

@@ -10,8 +10,8 @@ import pytest
 from edge_mobilenet.errors import EdgeError
 from edge_mobilenet.models.anchors import BOX_CODER, center_size_to_corners
 from edge_mobilenet.runtimes.detection import NmsSettings, decode_boxes, decode_detections
-from edge_mobilenet.train_detection import (IGNORED, NEGATIVE, DetectionTrainSettings, anchor_targets,
-                                            match_anchors)
+from edge_mobilenet.train_detection import (IGNORED, NEGATIVE, AugmentSettings, DetectionTrainSettings,
+                                            anchor_targets, match_anchors, zoom_and_shift)
 
 ANCHORS = np.array([[0.25, 0.25, 0.5, 0.5],    # exactly the box below
                     [0.30, 0.25, 0.5, 0.5],    # shifted: IoU 0.82 -> positive
@@ -43,6 +43,21 @@ def test_decoding_inverts_encoding():
     np.testing.assert_allclose(decode_boxes(codes, anchors), BOX_CODER.decode(codes, anchors), atol=1e-6)
 
 
+def test_zoom_and_shift_moves_pixels_with_boxes_and_keeps_boxes_whole():
+    rng = np.random.default_rng(0)
+    image = np.zeros((96, 96, 3), np.float32)
+    image[24:48, 48:72] = 1.0  # the box below, in pixels
+    for _ in range(20):
+        pixels, (box,) = zoom_and_shift(image, np.array([[0.25, 0.5, 0.5, 0.75]], np.float32), rng, (0.75, 1.33))
+        rows, columns = np.nonzero(pixels[..., 0] > 0.5)
+        np.testing.assert_allclose([rows.min(), columns.min(), rows.max() + 1, columns.max() + 1], box * 96, atol=1.0)
+    spread = np.array([[0.0, 0.0, 0.3, 0.3], [0.7, 0.6, 1.0, 1.0]], np.float32)  # no room to zoom in
+    for _ in range(200):
+        _, boxes = zoom_and_shift(image, spread, rng, (0.75, 1.33))
+        assert boxes.min() >= -1e-6 and boxes.max() <= 1 + 1e-6
+    assert zoom_and_shift(image, np.zeros((0, 4), np.float32), rng, (0.75, 1.33))[0].shape == image.shape
+
+
 def _logits(scores):
     """Per-anchor class scores [N, C] -> logits [N, C + 1] whose sigmoid is those scores."""
     scores = np.clip(np.asarray(scores, np.float64), 1e-6, 1 - 1e-6)
@@ -68,7 +83,8 @@ def test_nms_per_class_and_threshold():
 def test_bad_settings_are_one_line_errors(tmp_path):
     for options, text in (({"model": "mobilenet_v2"}, "not a detector"), ({"epochs": 0}, "--epochs"),
                           ({"alpha": -1.0}, "alpha"), ({"data_dir": str(tmp_path)}, "train/ and val/"),
-                          ({"learning_rate": float("nan")}, "--learning-rate")):
+                          ({"learning_rate": float("nan")}, "--learning-rate"),
+                          ({"augment": AugmentSettings(zoom=(1.2, 1.5))}, "augment.zoom")):
         with pytest.raises(EdgeError, match=text) as caught:
             DetectionTrainSettings(**options)
         assert "\n" not in str(caught.value)
