@@ -124,6 +124,16 @@ def android():
     yield from emulated_board("adb")
 
 
+def board_scratch_dirs(env: dict) -> set[str]:
+    """The benchmark scratch folders now on the board. The board outlives a test session (and is shared
+    with whatever else used it), so a test compares this set before and after its own run."""
+    listing = subprocess.run(["ssh", "-F", env["EDGE_EMU_SSH_CONFIG"], env["EDGE_EMU_SSH_HOST"],
+                              "ls -d /tmp/edge-bench.* 2>/dev/null; true"],
+                             capture_output=True, text=True, timeout=120)
+    assert listing.returncode == 0, listing.stderr[-500:]
+    return set(listing.stdout.split())
+
+
 def assert_int8_outputs_agree(on_board: dict, on_host: dict) -> None:
     """The same int8 artifact on the (emulated) ARM board and on this x86 host: XNNPACK's int8 kernels of
     the two architectures round differently in rare cases (measured on V1 0.25/32: 4 of 3000 outputs one

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import assert_int8_outputs_agree
+from conftest import assert_int8_outputs_agree, board_scratch_dirs
 
 TINY = ["--quick", "--min-runs", "3", "--min-seconds", "0", "--warmup-seconds", "0", "--eval-count", "12",
         "--threads", "1"]
@@ -58,6 +58,7 @@ def _descendants_running(root: int, program: str, *needles: str) -> list[int]:
 def test_pi_over_ssh_matches_local(bench_artifacts, pi, run_cli, tmp_path):
     files = [bench_artifacts / f"mobilenet_v1_0.25_32.{s}" for s in ("fp32.tflite", "int8.tflite")]
     local, board = tmp_path / "local.json", tmp_path / "pi.json"
+    scratch_before = board_scratch_dirs(pi)
     assert _bench(run_cli, files, ["--device", "local"], local).returncode == 0
     result = _bench(run_cli, files, _ssh_args(pi), board)
     assert result.returncode == 0, result.stderr
@@ -72,7 +73,7 @@ def test_pi_over_ssh_matches_local(bench_artifacts, pi, run_cli, tmp_path):
     assert on_pi["fp32"]["accuracy"]["top1"] == on_host["fp32"]["accuracy"]["top1"]
     assert on_pi["int8"]["accuracy"]["agreement_with_float"] is not None
     assert on_pi["int8"]["accuracy"]["delta_top1_vs_float"] is not None
-    assert not _remote(pi, "ls -d /tmp/edge-bench.* 2>/dev/null").strip()  # scratch removed
+    assert board_scratch_dirs(pi) <= scratch_before  # this run's scratch removed
 
 
 def test_tflite_runtime_214_fallback(bench_artifacts, pi, run_cli, tmp_path):

@@ -24,6 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import board_scratch_dirs
 
 from edge_mobilenet.bench import doctor, provision
 from edge_mobilenet.bench.devices import load_profile, make_transport, with_overrides
@@ -282,6 +283,7 @@ def device_root(pi):
 
 @pytest.mark.device
 def test_doctor_on_the_emulated_pi(pi, tmp_path):
+    scratch_before = board_scratch_dirs(pi)
     result = _cli("device", "doctor", *_ssh(pi), "--json", cache=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
@@ -305,7 +307,7 @@ def test_doctor_on_the_emulated_pi(pi, tmp_path):
     assert "int8 is NOT delegated" in verdicts["tflite-runtime"]["detail"]
     assert verdicts["tflite-runtime"]["next_command"].endswith("--python /opt/tfl/bin/python3")
     assert verdicts["onnxruntime"]["status"] == "ready"
-    assert not _remote(pi, "ls -d /tmp/edge-bench.* 2>/dev/null").strip()  # scratch removed
+    assert board_scratch_dirs(pi) <= scratch_before  # this run's scratch removed
 
 
 @pytest.mark.device

@@ -120,6 +120,9 @@ class SelectiveQuantizer:
         from tensorflow.lite.python import convert
 
         with native_noise_filtered():
-            return convert.mlir_quantize(self.calibrated, fully_quantize=True,
+            # as TFLiteConverter itself calls it: fully_quantize=True would force int8 inputs and
+            # outputs whatever the io type asked for (and quantize the input of a model whose
+            # every layer is denylisted, so that it could never match float)
+            return convert.mlir_quantize(self.calibrated, fully_quantize=False,
                                          input_data_type=self.io_dtype, output_data_type=self.io_dtype,
                                          denylisted_nodes=list(float_nodes))
