@@ -133,6 +133,7 @@ min_runs = 20
 min_seconds = {min_seconds}
 max_seconds = {max_seconds}
 eval_count = 50
+LOCAL_OVERRIDE
 [[model]]
 name = "mobilenet_v1"
 alphas = [0.25, 0.5]
@@ -140,11 +141,14 @@ size = 32
 """
 
 
-def _sweep_wall(output: Path, devices: list[str], env: dict, min_seconds: float) -> float:
+def _sweep_wall(output: Path, devices: list[str], env: dict, min_seconds: float,
+                local_min_seconds: float | None = None) -> float:
     """Wall time of one sweep over ``devices`` whose sources and artifacts exist (bench cells only)."""
     (output / "results.json").unlink(missing_ok=True)
     path = output.parent / "two.toml"
-    path.write_text(TWO_DEVICES.replace("DEVICES", json.dumps(devices))
+    override = ("" if local_min_seconds is None or "local" not in devices else
+                f"[bench.device.local]\nmin_seconds = {local_min_seconds}\nmax_seconds = {2 * local_min_seconds + 10}")
+    path.write_text(TWO_DEVICES.replace("DEVICES", json.dumps(devices)).replace("LOCAL_OVERRIDE", override)
                     .format(calibration=REPO / "calibration_data" / "digits", min_seconds=min_seconds,
                            max_seconds=max(10, 2 * min_seconds)))
     started = time.perf_counter()
@@ -153,7 +157,8 @@ def _sweep_wall(output: Path, devices: list[str], env: dict, min_seconds: float)
     return time.perf_counter() - started
 
 
-def two_devices(host: str, ssh_config: str, rounds: int, min_seconds: float) -> list[str]:
+def two_devices(host: str, ssh_config: str, rounds: int, min_seconds: float,
+                local_min_seconds: float | None = None) -> list[str]:
     folder = Path(tempfile.mkdtemp(prefix="edge-sweep-bench-"))
     board = folder / "pi.toml"
     board.write_text(f'transport = "ssh"\nhost = "{host}"\nssh_config = "{ssh_config}"\n')
@@ -162,15 +167,16 @@ def two_devices(host: str, ssh_config: str, rounds: int, min_seconds: float) -> 
     _sweep_wall(output, ["local"], env, min_seconds)  # sources and artifacts, once
     walls = {"local": [], "pi": [], "both": []}
     for _ in range(rounds):
-        walls["local"].append(_sweep_wall(output, ["local"], env, min_seconds))
-        walls["pi"].append(_sweep_wall(output, [str(board)], env, min_seconds))
-        walls["both"].append(_sweep_wall(output, ["local", str(board)], env, min_seconds))
+        walls["local"].append(_sweep_wall(output, ["local"], env, min_seconds, local_min_seconds))
+        walls["pi"].append(_sweep_wall(output, [str(board)], env, min_seconds, local_min_seconds))
+        walls["both"].append(_sweep_wall(output, ["local", str(board)], env, min_seconds, local_min_seconds))
     ratio = [b / (l + p) for l, p, b in zip(walls["local"], walls["pi"], walls["both"])]
     bound = [max(l, p) / (l + p) for l, p in zip(walls["local"], walls["pi"])]
     overlap = [b / max(l, p) for l, p, b in zip(walls["local"], walls["pi"], walls["both"])]
     shutil.rmtree(folder, ignore_errors=True)
-    return [f"## Two devices at once (bench cells only: 4 per device, min_seconds {min_seconds:g}; the emulated "
-            "Pi over real SSH)", "",
+    local = "" if local_min_seconds is None else f", local's cells {local_min_seconds:g} (bench.device.local)"
+    return [f"## Two devices at once (bench cells only: 4 per device, min_seconds {min_seconds:g}{local}; the "
+            "emulated Pi over real SSH)", "",
             "| devices | sweep wall s |", "|---|---|",
             *[f"| {k} | {_spread(v)} |" for k, v in walls.items()], "",
             f"- both / (local + pi): **{_spread(ratio)}** (target < 0.7); the best any scheduler can do is "
@@ -186,18 +192,24 @@ def main() -> None:
     parser.add_argument("--skip-conversions", action="store_true")
     parser.add_argument("--min-seconds", type=float, action="append",
                         help="the two-device sweeps' bench min_seconds (repeat for several; default 2)")
+    parser.add_argument("--local-min-seconds", type=float,
+                        help="min_seconds of the local device's cells alone ([bench.device.local]), to balance "
+                             "the two devices' work")
     args = parser.parse_args()
     lines = ["# edge-bench sweep on Ray: scaling and overhead", "",
              f"`python benchmarks/sweep_scaling.py --rounds {args.rounds}"
              + (" --skip-conversions" if args.skip_conversions else "")
              + (" --pi-host H --pi-ssh-config F" if args.pi_host else "")
-             + "".join(f" --min-seconds {m:g}" for m in args.min_seconds or []) + f"` on this machine "
+             + "".join(f" --min-seconds {m:g}" for m in args.min_seconds or [])
+             + (f" --local-min-seconds {args.local_min_seconds:g}" if args.local_min_seconds is not None else "")
+             + f"` on this machine "
              f"({os.cpu_count()} cores, x86-64), {time.strftime('%Y-%m-%d')}.", ""]
     if not args.skip_conversions:
         lines += conversion_scaling(args.rounds)
     if args.pi_host:
         for min_seconds in args.min_seconds or [2.0]:
-            lines += two_devices(args.pi_host, args.pi_ssh_config, args.rounds, min_seconds)
+            lines += two_devices(args.pi_host, args.pi_ssh_config, args.rounds, min_seconds,
+                                 args.local_min_seconds)
     print("\n".join(lines))
 
 

@@ -128,6 +128,12 @@ def _titled(sid: int, prefix: str) -> list[int]:
     ("[bench]\nmin_seconds = -1\n[[model]]\nname = 'mobilenet_v1'", "--min-seconds must be a finite number >= 0"),
     ("[calibration]\nfolder = 'nowhere'\n[[model]]\nname = 'mobilenet_v1'", "nowhere"),
     ("name = 'x'", "has no [[model]] tables"),
+    ("[bench.device.pi]\nmin_seconds = 1\n[[model]]\nname = 'mobilenet_v1'",
+     "bench.device names 'pi', which is not one of the sweep's devices (local)"),
+    ("[bench.device.local]\nmin_secs = 1\n[[model]]\nname = 'mobilenet_v1'", "did you mean 'min_seconds'?"),
+    ("[bench.device.local]\nmin_seconds = -2\n[[model]]\nname = 'mobilenet_v1'",
+     "bench.device.local: bench: --min-seconds must be a finite number >= 0"),
+    ("[bench]\ndevice = 3\n[[model]]\nname = 'mobilenet_v1'", "bench.device must be an object"),
 ])
 def test_bad_sweep_files_are_refused_before_anything_runs(tmp_path, run_cli, text, message):
     path = tmp_path / "sweep.toml"
@@ -137,6 +143,19 @@ def test_bad_sweep_files_are_refused_before_anything_runs(tmp_path, run_cli, tex
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr, result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_per_device_bench_settings_override_the_sweep_s_and_key_its_cells(tmp_path):
+    from edge_mobilenet.pipeline_stages import STAGES
+    from edge_mobilenet.sweep.spec import load_sweep
+
+    path = tmp_path / "sweep.toml"
+    path.write_text("devices = ['local', 'pi']\n[bench]\nmin_seconds = 2.0\nmin_runs = 10\n"
+                    "[bench.device.pi]\nmin_seconds = 0.5\n[[model]]\nname = 'mobilenet_v1'\n")
+    sweep = load_sweep(path, STAGES)
+    local, pi = sweep.devices
+    assert sweep.bench_for(local) == {"min_seconds": 2.0, "min_runs": 10}
+    assert sweep.bench_for(pi) == {"min_seconds": 0.5, "min_runs": 10}
 
 
 def test_sweep_runs_every_cell_then_resumes_without_work(tmp_path, sweep_model, run_cli):

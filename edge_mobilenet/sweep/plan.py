@@ -70,7 +70,7 @@ def make_plan(sweep: Sweep, stages) -> Plan:
     for variant, fmt, device, threads in sweep.bench_cells():
         key = digest({"source": keys[variant], "row": variant.row(), "format": fmt,
                       "quantize": sweep.quantize, "calibration": calibration_sha, "device": device.settings,
-                      "threads": threads, "bench": sweep.bench, "tools": versions})
+                      "threads": threads, "bench": sweep.bench_for(device), "tools": versions})
         cells.append(BenchCell(variant, fmt, device, threads, key))
     return Plan(sweep, calibration_sha, keys, cells)
 

@@ -116,8 +116,8 @@ class Driver:
         for cell in self.todo(variant, fmt):
             cpus = self.local_cpus if cell.device.transport == "local" else 0
             task = self.bench.options(num_cpus=cpus, resources={cell.device.resource: 1})
-            ref = task.remote(entry, data, cell.device.spec, cell.threads, self.sweep.bench, self.sweep.attempts,
-                              self.sweep.backoff_seconds)
+            ref = task.remote(entry, data, cell.device.spec, cell.threads, self.sweep.bench_for(cell.device),
+                              self.sweep.attempts, self.sweep.backoff_seconds)
             self.pending[ref] = ("bench", cell)
 
     def finished(self, ref) -> None:

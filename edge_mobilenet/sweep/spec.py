@@ -23,7 +23,8 @@ TOP_KEYS = {"name": (str,), "output": (str,), "formats": (list,), "devices": (li
             "eval_count": (int,), "calibration": (dict,), "bench": (dict,), "retry": (dict,), "model": (list,)}
 CALIBRATION_KEYS = {"folder": (str,), "count": (int,), "seed": (int,), "skip_corrupt": (bool,)}
 BENCH_KEYS = {"warmup_runs": (int,), "warmup_seconds": (float,), "min_runs": (int,), "min_seconds": (float,),
-              "max_seconds": (float,), "timeout": (float,), "eval_count": (int,), "cpus": (str,)}
+              "max_seconds": (float,), "timeout": (float,), "eval_count": (int,), "cpus": (str,),
+              "device": (dict,)}
 RETRY_KEYS = {"attempts": (int,), "backoff_seconds": (float,)}
 MODEL_KEYS = {"name": (str,), "file": (str,), "alpha": (float,), "alphas": (list,), "size": (int,),
               "sizes": (list,), "classes": (int,), "train": (dict,), "formats": (list,)}
@@ -83,9 +84,14 @@ class Sweep:
     threads: tuple[int, ...]
     quantize: dict  # QuantizeSettings overrides, as a recipe gives them
     bench: dict  # BenchSettings overrides
+    bench_per_device: dict = field(default_factory=dict)  # device name -> overrides on top of ``bench``
     attempts: int = 3
     backoff_seconds: float = 2.0
     quantize_settings: object = field(default=None, compare=False)
+
+    def bench_for(self, device: Device) -> dict:
+        """The bench settings of ``device``'s cells: ``[bench]`` with its ``[bench.device.NAME]`` on top."""
+        return {**self.bench, **self.bench_per_device.get(device.name, {})}
 
     def convert_cells(self) -> list[tuple[Variant, str]]:
         return [(v, f) for v in self.variants for f in v.formats]
@@ -173,6 +179,25 @@ def _devices(data: dict, where: Where, stages, base: Path) -> tuple[Device, ...]
     return tuple(devices)
 
 
+def _bench_settings(table: dict) -> dict:
+    return {("timeout_s" if k == "timeout" else k): v for k, v in table.items() if k != "device"}
+
+
+def _bench(data: dict, where: Where, stages, path: str) -> tuple[dict, dict]:
+    """``[bench]`` and its per-device ``[bench.device.NAME]`` tables (a slow board may want fewer runs)."""
+    table = data.get("bench", {})
+    bench = _bench_settings(table)
+    stages.check_bench(bench, path)
+    per_device = {}
+    for name, overrides in get(table, "device", where / "bench", (dict,), {}).items():
+        at = where / "bench" / "device" / name
+        check(overrides, at, (dict,))
+        check_keys(overrides, {k: v for k, v in BENCH_KEYS.items() if k != "device"}, at, "a bench key")
+        per_device[name] = _bench_settings(overrides)
+        stages.check_bench({**bench, **per_device[name]}, f"{path}: bench.device.{name}")
+    return bench, per_device
+
+
 def load_sweep(path: str | Path, stages) -> Sweep:
     """The sweep at ``path``, validated whole (grid and values); EdgeError naming the file and key."""
     path = Path(path)
@@ -195,13 +220,17 @@ def load_sweep(path: str | Path, stages) -> Sweep:
     threads = _list(data, "threads", where, (int,), [1])
     if min(threads) < 1:
         raise (where / "threads").fail(f"must be >= 1; received {threads}")
-    bench = {("timeout_s" if k == "timeout" else k): v for k, v in data.get("bench", {}).items()}
-    stages.check_bench(bench, str(path))
+    bench, per_device = _bench(data, where, stages, str(path))
+    devices = _devices(data, where, stages, path.parent)
+    unknown = set(per_device) - {d.name for d in devices}
+    if unknown:
+        raise (where / "bench" / "device").fail(f"names {sorted(unknown)[0]!r}, which is not one of the sweep's "
+                                                f"devices ({', '.join(d.name for d in devices)})")
     retry = data.get("retry", {})
     attempts, backoff = retry.get("attempts", 3), float(retry.get("backoff_seconds", 2.0))
     if attempts < 1 or backoff < 0:
         raise (where / "retry").fail(f"needs attempts >= 1 and backoff_seconds >= 0; received {retry}")
     name = get(data, "name", where, (str,), path.stem)
     output = Path(get(data, "output", where, (str,), f"build/sweeps/{name}"))
-    return Sweep(path, name, output, tuple(variants), _devices(data, where, stages, path.parent), tuple(threads),
-                 quantize, bench, attempts, backoff, settings)
+    return Sweep(path, name, output, tuple(variants), devices, tuple(threads), quantize, bench, per_device,
+                 attempts, backoff, settings)
