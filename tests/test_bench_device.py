@@ -180,3 +180,17 @@ def test_android_over_adb(bench_artifacts, android, run_cli, tmp_path):
     assert runs["fp32"]["device"]["machine"] == "aarch64" and runs["fp32"]["transport"] == "adb"
     assert runs["fp32"]["runtime"]["xnnpack"] and runs["onnx-int8"]["runtime"]["name"] == "onnxruntime"
     assert runs["onnx-int8"]["accuracy"]["top1"] is not None
+
+
+def test_profile_on_the_emulated_pi_lists_real_arm_ops_and_says_times_are_meaningless(bench_artifacts, pi,
+                                                                                      run_cli, tmp_path):
+    scratch_before = board_scratch_dirs(pi)
+    result = run_cli("profile", bench_artifacts / "mobilenet_v1_0.25_32.int8.onnx", *_ssh_args(pi),
+                     "--runs", "3", "--quick", "--eval-count", "12", "--by", "block", "--output", tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "EMULATED device: the op list is real, the times are meaningless" in result.stdout
+    found = json.loads((tmp_path / "profile.json").read_text())["profiles"][0]
+    assert found["emulated"] and found["profile"]["runs"] == 3
+    assert {"QLinearConv"} <= {n["op"] for n in found["profile"]["nodes"]}
+    assert any(row["layer"] == "conv_dw_pw_13" for row in found["profile"]["blocks"])
+    assert board_scratch_dirs(pi) <= scratch_before

@@ -50,6 +50,7 @@ class BenchSettings:
     benchmark_binary: str | None = None
     rounds: int = 0  # > 0: the artifacts of one source are timed in this many alternating rounds
     round_runs: int = 20
+    profile_runs: int = 0  # > 0: also a per-layer profile over this many invokes (runtimes.profiling)
 
     def __post_init__(self):
         """Checked on the host before any device time."""
@@ -69,6 +70,8 @@ class BenchSettings:
             raise EdgeError(f"--timeout must be > 0 seconds; received {self.timeout_s}")
         if self.eval_count < 1:
             raise EdgeError(f"--eval-count must be >= 1; received {self.eval_count}")
+        if self.profile_runs < 0:
+            raise EdgeError(f"--profile must be >= 0 runs; received {self.profile_runs}")
         if self.rounds < 0 or self.round_runs < 1:
             raise EdgeError(f"--rounds must be >= 0 and --round-runs >= 1; received {self.rounds}, {self.round_runs}")
         if self.cpus is not None:
@@ -83,6 +86,7 @@ class BenchSettings:
                 "--min-runs", str(self.min_runs), "--min-seconds", str(self.min_seconds),
                 "--max-seconds", str(self.max_seconds)]
         args += ["--rounds", str(self.rounds), "--round-runs", str(self.round_runs)] if self.rounds else []
+        args += ["--profile-runs", str(self.profile_runs)] if self.profile_runs else []
         return args + (["--cpus", self.cpus] if self.cpus else [])
 
 
@@ -171,6 +175,9 @@ def _warnings(result: dict) -> list[str]:
     if runtime.get("split"):
         outside = ", ".join(f"{op}x{n}" for op, n in runtime.get("ops_outside", {}).items())
         notes.append(f"graph split into {runtime.get('partitions')} XNNPACK partitions ({outside} outside)")
+    profile = result.get("profile") or {}
+    if profile.get("error"):
+        notes.append(f"no per-layer profile: {profile['error']}")
     return notes
 
 
@@ -315,7 +322,17 @@ def run_record(artifact: Artifact, result: dict, device_name: str, transport: Tr
         emulated=bool((result.get("device") or {}).get("emulated")),
         valid=bool(result.get("ok", False)) and not result.get("throttled_during_run", False),
         warnings=tuple(_warnings(result)), commit=commit_info(), tool_versions=tool_versions(),
-        error=error, outputs_sha256=result.get("outputs_sha256"))
+        error=error, outputs_sha256=result.get("outputs_sha256"), profile=_profile_of(result, artifact.path))
+
+
+def _profile_of(result: dict, path: Path) -> dict | None:
+    """The runner's per-node profile as per-layer rows (or why there is none)."""
+    from edge_mobilenet.runtimes.profiling import layer_table, onnx_node_layers
+
+    profile = result.get("profile") if result.get("ok") else None
+    if not profile or not profile.get("nodes"):
+        return profile
+    return layer_table(profile, (result.get("latency") or {}).get("p50_ms"), onnx_node_layers(path))
 
 
 def _prepare(transport: Transport, settings: BenchSettings) -> bool:
@@ -485,9 +502,9 @@ def _check_runtime(runtime: str, artifacts: list[Artifact]) -> None:
 
 
 def run_bench_command(paths: list[str], device: str, profile_overrides: dict, overrides: dict, *,
-                      quick: bool, output: str | None, preprocessing: tuple, echo) -> int:
+                      quick: bool, output: str | None, preprocessing: tuple, echo) -> list[RunRecord]:
     """The bench command: everything checked on the host first (profile, settings, artifacts, the
-    output file), then the runs; returns how many failed (the last line says why)."""
+    output file), then the runs; returns their records (the last line says why any failed)."""
     from dataclasses import replace
 
     from edge_mobilenet.bench.artifacts import preprocessing_from, resolve_artifacts
@@ -515,4 +532,4 @@ def run_bench_command(paths: list[str], device: str, profile_overrides: dict, ov
     failed = [r for r in records if not r.ok]
     echo(f"{len(records) - len(failed)} ok, {len(failed)} failed; results in {results.path}"
          + (f" (last failure: {failed[-1].artifact}: {failed[-1].error})" if failed else ""), err=True)
-    return len(failed)
+    return records

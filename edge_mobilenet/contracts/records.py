@@ -307,7 +307,7 @@ def migrate_entry(data: dict) -> dict:
 _RUN_FIELDS = ("timestamp_utc", "status", "artifact", "format", "runtime_kind", "baseline_format",
                "source_sha256", "sha256", "size_bytes", "params", "macs", "device_name", "transport",
                "device", "runtime", "latency", "memory", "accuracy", "settings", "emulated", "valid",
-               "warnings", "commit", "tool_versions", "error", "outputs_sha256", "task")
+               "warnings", "commit", "tool_versions", "error", "outputs_sha256", "task", "profile")
 _OPTIONAL_DICT = (dict, type(None))
 
 
@@ -342,6 +342,7 @@ class RunRecord:
     tool_versions: dict | None = None
     error: str | None = None
     outputs_sha256: str | None = None
+    profile: dict | None = None  # per-layer latency on the device (bench --profile N): runtimes.profiling
     extra: dict = field(default_factory=dict)
 
     @property
@@ -362,7 +363,7 @@ class RunRecord:
     def to_json(self) -> dict:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
         data["warnings"] = list(self.warnings)
-        for optional in ("error", "outputs_sha256"):
+        for optional in ("error", "outputs_sha256", "profile"):
             if data[optional] is None:
                 del data[optional]
         return {**data, **self.extra}
@@ -383,7 +384,7 @@ class RunRecord:
         for name, value in (accuracy or {}).items():
             check(value, where / "accuracy" / name, (float, int, type(None)))
         optional = {k: get(data, k, where, _OPTIONAL_DICT, None)
-                    for k in ("device", "runtime", "memory", "commit", "tool_versions")}
+                    for k in ("device", "runtime", "memory", "commit", "tool_versions", "profile")}
         return cls(
             status=status, **named, baseline_format=get(data, "baseline_format", where, (str,), "fp32"),
             task=get(data, "task", where, (str,), "classification"),

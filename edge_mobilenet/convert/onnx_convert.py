@@ -108,6 +108,30 @@ def _quiet_tf2onnx():
         logger.setLevel(level)
 
 
+@contextlib.contextmanager
+def _scalar_add_transposes_fixed():
+    """tf2onnx 1.17's transpose optimizer gives up on the whole graph at an Add of a scalar constant
+    after a bias-less Conv (``bias_size = max(numpy_val.shape)`` of a 0-d array: MobileNetV3's hard-swish
+    ``x + 3``), leaving every NHWC<->NCHW Transpose in place (V3-Small: 106 of them). ONNX Runtime then
+    keeps the squeeze-excite ReduceMeans over NHWC axes, in float between DequantizeLinear/QuantizeLinear
+    in the int8 graph, and wraps the float convolutions in layout reorders. A scalar can't become a Conv
+    bias: such an Add is handled as the optimizer handles any other Add it can't merge."""
+    from tf2onnx.optimizer.transpose_optimizer import TransposeOptimizer
+
+    original = TransposeOptimizer._add_handler
+
+    def add_handler(self, trans, node):
+        if node.inputs[1].is_const() and node.inputs[1].get_tensor_value(as_list=False).ndim == 0:
+            return self._handle_node_having_branches(trans, node)
+        return original(self, trans, node)
+
+    TransposeOptimizer._add_handler = add_handler
+    try:
+        yield
+    finally:
+        TransposeOptimizer._add_handler = original
+
+
 def convert_onnx(model, output_path: str | Path, *, batch: int = 1, opset: int | None = None) -> dict:
     """Keras 3 model -> float32 ONNX file (batch fixed, input named ``input``), written atomically.
 
@@ -122,7 +146,7 @@ def convert_onnx(model, output_path: str | Path, *, batch: int = 1, opset: int |
     started = time.perf_counter()
     signature = (tf.TensorSpec(shape, tf.float32, name=INPUT_NAME),)
     try:
-        with _quiet_tf2onnx():
+        with _quiet_tf2onnx(), _scalar_add_transposes_fixed():
             proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
     except Exception as error:  # tf2onnx raises many types with long messages
         raise EdgeError(f"ONNX conversion failed: {error_line(error)}") from None

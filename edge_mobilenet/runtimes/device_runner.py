@@ -193,7 +193,7 @@ class TFLiteModel:
 
 
 class OnnxModel:
-    def __init__(self, path, threads, runtime):
+    def __init__(self, path, threads, runtime, profile_prefix=None):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -201,6 +201,9 @@ class OnnxModel:
         options.inter_op_num_threads = 1
         if threads > 1:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if profile_prefix:
+            options.enable_profiling = True
+            options.profile_file_prefix = profile_prefix
         self.session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
         self.version = ort.__version__
         self.input_name = self.session.get_inputs()[0].name
@@ -218,6 +221,66 @@ class OnnxModel:
     def facts(self):
         return {"name": "onnxruntime", "version": self.version, "xnnpack": False,
                 "providers": self.session.get_providers()}
+
+
+def summarize_ort_trace(events, skip_runs=0):
+    """ONNX Runtime's profiling trace (Chrome trace events) -> per-node mean kernel ms per run.
+
+    Runs are the ``model_run`` events; the first ``skip_runs`` (warm-up) are left out, and a node event
+    counts for the run whose interval holds it. Nodes keep their order of execution.
+    """
+    runs = sorted((e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"),
+                  key=lambda e: e["ts"])[skip_runs:]
+    if not runs:
+        raise ValueError("the trace holds no model_run event after the warm-up")
+    windows = [(r["ts"], r["ts"] + r["dur"]) for r in runs]
+    totals, ops = {}, {}
+    for event in events:
+        name = event.get("name", "")
+        if event.get("cat") != "Node" or not name.endswith("_kernel_time"):
+            continue
+        if not any(low <= event["ts"] <= high for low, high in windows):
+            continue
+        node = name[:-len("_kernel_time")]
+        totals[node] = totals.get(node, 0.0) + event["dur"]
+        ops.setdefault(node, (event.get("args") or {}).get("op_name"))
+    count = len(runs)
+    nodes = [{"node": n, "op": ops[n], "ms": round(totals[n] / count / 1e3, 5)} for n in totals]
+    return {"method": "onnxruntime session profiling", "runs": count,
+            "run_p50_ms": round(float(np.median([r["dur"] for r in runs])) / 1e3, 5),
+            "nodes_total_ms": round(sum(totals.values()) / count / 1e3, 5), "nodes": nodes}
+
+
+def profile_onnx(path, inputs, args):
+    """Per-node times from a profiled session of its own (the timed session stays unprofiled): warm-up,
+    then ``--profile-runs`` invokes; the trace file is read here and removed."""
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="edge-profile-")
+    try:
+        model = OnnxModel(path, args.threads, args.runtime, profile_prefix=os.path.join(folder, "ort"))
+        model.set_input(inputs[0:1])
+        warmup = max(1, args.warmup_runs)
+        for _ in range(warmup + args.profile_runs):
+            model.invoke()
+        with open(model.session.end_profiling()) as handle:
+            events = json.load(handle)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return summarize_ort_trace(events, skip_runs=warmup)
+
+
+def _profile(path, inputs, args):
+    if not args.profile_runs:
+        return None
+    if not (path.endswith(".onnx") or args.runtime == "onnxruntime"):
+        return {"method": None, "error": "no per-op timing from LiteRT's Python API (tensorflow#59095): "
+                                          "profile TFLite files with the host's prefix method"}
+    try:
+        return profile_onnx(path, inputs, args)
+    except Exception as error:
+        return {"method": None, "error": ("%s: %s" % (type(error).__name__, error)).splitlines()[0][:300]}
 
 
 def _percentile(sorted_values, q):
@@ -290,6 +353,8 @@ def parse_args(argv=None):
     parser.add_argument("--max-runs", type=int, default=None)
     parser.add_argument("--cpus", default=None, help="CPU list to pin to, e.g. 4-7 or 0,2")
     parser.add_argument("--no-outputs", action="store_true", help="skip the per-row outputs")
+    parser.add_argument("--profile-runs", type=int, default=0,
+                        help="also profile per node over this many invokes (ONNX Runtime)")
     parser.add_argument("--exit-on-stdin-eof", action="store_true")
     args = parser.parse_args(argv)
     if len(args.model) != len(args.inputs):
@@ -355,6 +420,9 @@ def run(args):
     latency = measure(model, inputs, args)
     latency["init_ms"] = round(init_ms, 3)
     result["latency"] = latency
+    profile = _profile(args.model[0], inputs, args)
+    if profile is not None:
+        result["profile"] = profile
     if not args.no_outputs:
         result["outputs_npz_b64"] = outputs_of(model, inputs)
         result["outputs_count"] = int(len(inputs))
@@ -395,12 +463,12 @@ def run_interleaved(args, result, throttle_before):
         for entry, model, inputs, rounds in loaded[shift:] + loaded[:shift]:
             model.set_input(inputs[0:1])
             rounds.append(_time_runs(model, args.round_runs, 0.0, args.max_seconds, args.round_runs))
-    result["results"] = [_interleaved_entry(entry, model, inputs, rounds, args) for entry, model, inputs, rounds in entries]
+    result["results"] = [_interleaved_entry(path, *parts, args) for path, parts in zip(args.model, entries)]
     result["ok"] = True
     return _finish(result, args, throttle_before, baseline_kb)
 
 
-def _interleaved_entry(entry, model, inputs, rounds, args):
+def _interleaved_entry(path, entry, model, inputs, rounds, args):
     if model is None:
         return entry
     latency = _stats([t for r in rounds for t in r])
@@ -409,6 +477,9 @@ def _interleaved_entry(entry, model, inputs, rounds, args):
                    rounds={"count": len(rounds), "runs_per_round": args.round_runs,
                            "p50_ms": [round(_percentile(sorted(r), 50), 4) for r in rounds]})
     entry["latency"] = latency
+    profile = _profile(path, inputs, args)
+    if profile is not None:
+        entry["profile"] = profile
     if not args.no_outputs:
         model.set_input(inputs[0:1])
         entry["outputs_npz_b64"] = outputs_of(model, inputs)

@@ -1,0 +1,118 @@
+"""Per-layer latency (edge-bench profile, bench --profile): real ONNX Runtime traces, real layer names."""
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+
+from edge_mobilenet.contracts.manifest import read_manifest
+from edge_mobilenet.contracts.records import RunRecord, Where
+from edge_mobilenet.errors import EdgeError
+from edge_mobilenet.runtimes import device_runner
+from edge_mobilenet.runtimes.profiling import BETWEEN_NODES, block_of, layer_of, layer_table, onnx_node_layers
+
+INT8_ONNX = "mobilenet_v1_0.25_32.int8.onnx"
+
+
+def _runner_args(**overrides):
+    args = dict(threads=1, runtime="auto", warmup_runs=3, profile_runs=7)
+    return argparse.Namespace(**{**args, **overrides})
+
+
+def _keras_layer_names(bench_artifacts) -> set[str]:
+    import keras
+
+    entry = next(e for e in read_manifest(bench_artifacts / "manifest.json").entries if e.file == INT8_ONNX)
+    return {layer.name for layer in keras.models.load_model(entry.source_file, compile=False).layers}
+
+
+@pytest.fixture(scope="module")
+def int8_profile(bench_artifacts):
+    inputs = np.zeros((1, 32, 32, 3), np.float32)
+    return device_runner.profile_onnx(str(bench_artifacts / INT8_ONNX), inputs, _runner_args())
+
+
+def test_a_real_trace_is_summarised_per_node_without_the_warm_up(int8_profile):
+    assert int8_profile["method"] == "onnxruntime session profiling"
+    assert int8_profile["runs"] == 7  # the 3 warm-up runs are left out
+    nodes = int8_profile["nodes"]
+    assert len({n["node"] for n in nodes}) == len(nodes) > 20
+    assert {"QLinearConv", "QuantizeLinear"} <= {n["op"] for n in nodes}
+    assert all(n["ms"] > 0 for n in nodes)
+    assert 0 < int8_profile["nodes_total_ms"] <= int8_profile["run_p50_ms"] * 1.5
+
+
+def test_trace_summary_counts_only_runs_after_the_warm_up():
+    events = [{"cat": "Session", "name": "model_run", "ts": 0, "dur": 100},
+              {"cat": "Node", "name": "a_kernel_time", "ts": 10, "dur": 50, "args": {"op_name": "Conv"}},
+              {"cat": "Session", "name": "model_run", "ts": 200, "dur": 40},
+              {"cat": "Node", "name": "a_kernel_time", "ts": 210, "dur": 20, "args": {"op_name": "Conv"}},
+              {"cat": "Node", "name": "b_kernel_time", "ts": 230, "dur": 10, "args": {"op_name": "Relu"}},
+              {"cat": "Node", "name": "b_fence_before", "ts": 229, "dur": 0}]
+    summary = device_runner.summarize_ort_trace(events, skip_runs=1)
+    assert summary["runs"] == 1 and summary["run_p50_ms"] == 0.04
+    assert summary["nodes"] == [{"node": "a", "op": "Conv", "ms": 0.02}, {"node": "b", "op": "Relu", "ms": 0.01}]
+    with pytest.raises(ValueError, match="no model_run"):
+        device_runner.summarize_ort_trace(events, skip_runs=2)
+
+
+def test_nodes_map_to_the_keras_layers_of_the_source(int8_profile, bench_artifacts):
+    names = _keras_layer_names(bench_artifacts)
+    node_layers = onnx_node_layers(bench_artifacts / INT8_ONNX)
+    layers = [layer_of(n["node"], node_layers) for n in int8_profile["nodes"]]
+    model_layers = {l for l in layers if not l.startswith("(runtime)")}
+    assert model_layers <= names, model_layers - names
+    assert {f"conv_{kind}_{i}" for kind in ("dw", "pw") for i in range(1, 14)} <= model_layers
+    runtime_ops = {n["op"] for n, layer in zip(int8_profile["nodes"], layers) if layer.startswith("(runtime)")}
+    assert runtime_ops == {"QuantizeLinear", "DequantizeLinear", "Transpose"}  # the model's I/O and layout
+    assert block_of("conv_dw_3_bn") == block_of("conv_pw_3") == "conv_dw_pw_3"
+    assert block_of("block_12_expand_relu") == "block_12" and block_of("expanded_conv_depthwise") == "expanded_conv"
+    assert block_of("expanded_conv_10_project_bn") == "expanded_conv_10" and block_of("logits") == "logits"
+
+
+def test_the_table_adds_up_to_the_profiled_run(int8_profile, bench_artifacts):
+    table = layer_table(int8_profile, int8_profile["run_p50_ms"] / 2, onnx_node_layers(bench_artifacts / INT8_ONNX))
+    for rows in (table["layers"], table["blocks"]):
+        assert sum(r["ms"] for r in rows) == pytest.approx(table["total_ms"], rel=1e-3)
+        assert rows[-1]["layer"] == BETWEEN_NODES
+        assert sum(r["share"] for r in rows) == pytest.approx(1.0, abs=1e-3)
+    assert len(table["blocks"]) < len(table["layers"])
+    assert table["profiled_vs_timed"] == pytest.approx(2.0, rel=1e-3)
+
+
+def test_profile_command_on_local_writes_the_tables(bench_artifacts, tmp_path, run_cli):
+    out = tmp_path / "profiles"
+    result = run_cli("profile", bench_artifacts / INT8_ONNX, bench_artifacts / "mobilenet_v1_0.25_32.onnx",
+                     "--device", "local", "--runs", "20", "--quick", "--by", "block", "--top", "5",
+                     "--output", out)
+    assert result.returncode == 0, result.stderr
+    assert "profiled / unprofiled" in result.stdout and "conv_dw_pw_" in result.stdout
+    written = json.loads((out / "profile.json").read_text())["profiles"]
+    assert sorted(p["artifact"] for p in written) == ["mobilenet_v1_0.25_32.int8.onnx", "mobilenet_v1_0.25_32.onnx"]
+    for found in written:
+        profile = found["profile"]
+        assert profile["runs"] == 20 and profile["timed_p50_ms"] > 0
+        assert sum(r["ms"] for r in profile["layers"]) == pytest.approx(profile["total_ms"], rel=1e-3)
+    assert "| conv_dw_pw_1 |" in (out / "profile.md").read_text()
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert all(RunRecord.from_json(r, Where("results")).profile["layers"] for r in runs)
+
+
+def test_a_tflite_file_says_why_it_has_no_profile(bench_artifacts, tmp_path, run_cli):
+    result = run_cli("profile", bench_artifacts / "mobilenet_v1_0.25_32.int8.tflite", "--device", "local",
+                     "--runs", "5", "--quick", "--output", tmp_path / "p")
+    assert result.returncode == 1
+    assert "no profile: no per-op timing from LiteRT's Python API" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_profile_values_are_one_line(bench_artifacts, tmp_path, run_cli):
+    result = run_cli("bench", bench_artifacts / INT8_ONNX, "--profile", "-1", "--output", tmp_path / "r.json")
+    assert result.returncode == 2 and "--profile must be >= 0 runs; received -1" in result.stderr
+    (tmp_path / "file").write_text("x")
+    result = run_cli("profile", bench_artifacts / INT8_ONNX, "--output", tmp_path / "file")
+    assert result.returncode == 2 and "is a file; give a folder" in result.stderr
+    with pytest.raises(EdgeError, match="profile must be an object"):
+        RunRecord.from_json({"status": "failed", "artifact": "a", "format": "onnx", "runtime_kind": "onnx",
+                             "device_name": "local", "profile": "fast"}, Where("results.json") / "runs" / 0)
