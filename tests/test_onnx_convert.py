@@ -113,3 +113,26 @@ def test_bad_inputs_are_one_line_errors(float_onnx, digits, tmp_path):
         onnx_convert.quantize_onnx(float_onnx[0], tmp_path / "out.onnx", np.zeros((4, 16, 16, 3), np.float32))
     assert not (tmp_path / "out.onnx").exists()
     assert not [p for p in Path(tmp_path).iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "mobilenet_v3_large"])
+def test_v3_keeps_no_layout_transposes_and_pools_globally(name, tmp_path):
+    """tf2onnx's transpose optimizer used to give up on V3 (a scalar Add after a bias-less Conv), leaving
+    ~100 NHWC<->NCHW Transposes and squeeze-excite ReduceMeans that ONNX Runtime runs in float."""
+    import collections
+
+    import keras
+
+    from edge_mobilenet.models.registry import build_model
+
+    keras.utils.set_random_seed(0)
+    model = build_model(name, alpha=0.5, size=32, classes=10)
+    path = tmp_path / "v3.onnx"
+    onnx_convert.convert_onnx(model, path)
+    ops = collections.Counter(node.op_type for node in onnx_runtime.load_onnx(path).graph.node)
+    assert ops["Transpose"] <= 1 and ops["ReduceMean"] == 0 and ops["GlobalAveragePool"] >= 9, ops
+    images = np.random.RandomState(0).uniform(-1, 1, (8, 32, 32, 3)).astype(np.float32)
+    assert onnx_convert.verify_onnx(path, model, images) < 1e-4
+    int8 = tmp_path / "v3.int8.onnx"
+    onnx_convert.quantize_onnx(path, int8, images)
+    assert onnx_runtime.run_onnx(int8, images).shape == (8, 10)
