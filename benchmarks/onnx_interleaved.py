@@ -1,0 +1,71 @@
+"""Interleaved latency of ONNX files in one process: p50 per file and the per-round ratio to the first.
+
+Each file gets its own ONNX Runtime CPU session (1 thread unless --threads), a warm-up, then --rounds
+rounds of --runs invokes with the files taking turns (the order rotates every round), so the machine's
+drift falls on every file alike; the ratio column is the median of the per-round p50 ratios to the
+first file, with its interquartile range.
+
+    python benchmarks/onnx_interleaved.py BASELINE.onnx OTHER.onnx ... [--rounds 40] [--runs 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+
+def _invoker(path: str, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    if threads > 1:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    feed = session.get_inputs()[0]
+    shape = [d if isinstance(d, int) else 1 for d in feed.shape]
+    batch = np.random.RandomState(0).uniform(-1, 1, shape).astype(np.float32)
+    return lambda: session.run(None, {feed.name: batch})
+
+
+def interleaved(paths: list[str], rounds: int, runs: int, threads: int) -> dict[str, list[float]]:
+    invokers = [_invoker(p, threads) for p in paths]
+    for invoke in invokers:
+        for _ in range(20):
+            invoke()
+    p50s = {p: [] for p in paths}
+    pairs = list(zip(paths, invokers))
+    for index in range(rounds):
+        shift = index % len(pairs)
+        for path, invoke in pairs[shift:] + pairs[:shift]:
+            times = []
+            for _ in range(runs):
+                started = time.perf_counter()
+                invoke()
+                times.append((time.perf_counter() - started) * 1e3)
+            p50s[path].append(float(np.median(times)))
+    return p50s
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="+")
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--runs", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    p50s = interleaved(args.paths, args.rounds, args.runs, args.threads)
+    base = np.asarray(p50s[args.paths[0]])
+    print("| file | p50 ms | ratio to the first (IQR) |\n|---|---|---|")
+    for path in args.paths:
+        ratio = np.asarray(p50s[path]) / base
+        print(f"| {path} | {np.median(p50s[path]):.3f} | {np.median(ratio):.3f} "
+              f"({np.percentile(ratio, 25):.3f}-{np.percentile(ratio, 75):.3f}) |")
+
+
+if __name__ == "__main__":
+    main()
