@@ -196,17 +196,25 @@ def quantize(models_, recipe, calibration, count, seed, skip_corrupt, formats, i
 @click.option("--debug-count", type=int, default=32, show_default=True,
               help="Images the per-layer error is measured on.")
 @click.option("--output", type=click.Path(), default="build/quant-report", show_default=True)
+@click.option("--latency", type=click.Path(), default=None,
+              help="profile.json of `edge-bench profile` (the artifact and its float baseline): join each "
+                   "block's int8 error with its int8 and float ms on that device.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report.")
-def quant_report(artifact, float_path, calibration, count, seed, debug_count, output, as_json):
+def quant_report(artifact, float_path, calibration, count, seed, debug_count, output, latency, as_json):
     """Per-layer error of an int8 ARTIFACT against its float model, worst first (table, JSON, PNG)."""
-    from edge_mobilenet.convert.quant.report import run_quant_report, table
+    from edge_mobilenet.convert.quant.report import latency_table, run_quant_report, table
 
     report = run_quant_report(artifact, float_path, calibration=calibration, count=count, seed=seed,
-                              debug_count=debug_count, output=output)
+                              debug_count=debug_count, output=output, latency=latency)
     if as_json:
         click.echo(json.dumps(report))
         return
     click.echo(table(report["layers"]))
+    if "latency" in report:
+        join = report["latency"]
+        click.echo(f"\nper block, on the profiled device (int8 {join['int8_total_ms']:.3f} ms"
+                   + (f", float {join['float_total_ms']:.3f} ms" if join["float_total_ms"] else ", float not profiled")
+                   + "):\n" + latency_table(join))
     click.echo(f"\nwrote {report['files'][0]} and {report['files'][1]}")
 
 

@@ -116,3 +116,32 @@ def test_bad_profile_values_are_one_line(bench_artifacts, tmp_path, run_cli):
     with pytest.raises(EdgeError, match="profile must be an object"):
         RunRecord.from_json({"status": "failed", "artifact": "a", "format": "onnx", "runtime_kind": "onnx",
                              "device_name": "local", "profile": "fast"}, Where("results.json") / "runs" / 0)
+
+
+def test_quant_report_joins_each_block_s_error_with_its_int8_and_float_ms(bench_artifacts, tmp_path, run_cli):
+    profiles = tmp_path / "profiles"
+    result = run_cli("profile", bench_artifacts / INT8_ONNX, bench_artifacts / "mobilenet_v1_0.25_32.onnx",
+                     "--runs", "10", "--quick", "--output", profiles)
+    assert result.returncode == 0, result.stderr
+    entry = next(e for e in read_manifest(bench_artifacts / "manifest.json").entries if e.file == INT8_ONNX)
+    result = run_cli("quant-report", bench_artifacts / INT8_ONNX, "--float", entry.source_file,
+                     "--latency", profiles / "profile.json", "--output", tmp_path / "qr", "--json")
+    assert result.returncode == 0, result.stderr
+    join = json.loads(result.stdout)["latency"]
+    assert join["float_artifact"] == "mobilenet_v1_0.25_32.onnx" and join["int8_total_ms"] > 0
+    blocks = {b["block"]: b for b in join["blocks"]}
+    assert {f"conv_dw_pw_{i}" for i in range(1, 14)} <= set(blocks)
+    for i in range(1, 14):
+        block = blocks[f"conv_dw_pw_{i}"]
+        assert block["int8_ms"] > 0 and block["float_ms"] > 0 and block["rmse_over_scale"] > 0
+        assert block["worst_layer"].startswith(("conv_dw_", "conv_pw_"))
+
+
+def test_a_bad_profile_file_is_one_line_before_the_float_model_loads(bench_artifacts, tmp_path, run_cli):
+    bad = tmp_path / "profile.json"
+    bad.write_text(json.dumps({"schema": 1, "profiles": [{"artifact": INT8_ONNX, "profile": {"layers": [
+        {"layer": "conv1", "ms": "slow"}]}}]}))
+    result = run_cli("quant-report", bench_artifacts / INT8_ONNX, "--float", "nowhere.keras", "--latency", bad)
+    assert result.returncode == 2
+    assert "profile.json: profiles[0].profile.layers[0].ms must be a number" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -52,12 +52,20 @@ def layer_of(node: str, node_layers: dict[str, str] | None = None) -> str:
     return found or "(runtime) " + _OUR_SUFFIX.sub("", original)
 
 
+_LAYER_PARTS = re.compile(r"(_bn|_relu|_act(_\d+)?|_act_shift|_act_scale|_rescale|_BN)$")
+
+
 def block_of(layer: str) -> str:
+    """The block a Keras layer belongs to: a V1 depthwise + pointwise pair, a V2/V3 inverted residual,
+    else the layer with its batch-norm/activation suffixes dropped (``conv_bn`` and ``conv`` are one)."""
     for pattern, label in _BLOCKS:
         found = pattern.match(layer)
         if found:
             return label.format(found.group(1))
-    return layer
+    base = re.sub(r"^bn_", "", layer)
+    while _LAYER_PARTS.search(base):
+        base = _LAYER_PARTS.sub("", base)
+    return base or layer
 
 
 def _rows(nodes: list[dict], key, total_ms: float) -> list[dict]:
@@ -102,3 +110,39 @@ def slowest(rows: list[dict], count: int) -> list[dict]:
 
 def ops_text(ops: dict) -> str:
     return " ".join(f"{op}x{n}" if n > 1 else op for op, n in sorted(ops.items(), key=lambda kv: -kv[1]))
+
+
+def block_ms(profile: dict) -> dict[str, float]:
+    """ms per block (execution order) from a profile's layer rows; the between-nodes row left out."""
+    blocks: dict[str, float] = {}
+    for row in profile.get("layers") or []:
+        if row["layer"] != BETWEEN_NODES:
+            key = block_of(row["layer"])
+            blocks[key] = round(blocks.get(key, 0.0) + float(row["ms"]), 5)
+    return blocks
+
+
+def read_profiles(path) -> dict[str, dict]:
+    """``profile.json`` as ``edge-bench profile`` writes it -> {artifact file name: profile}, validated:
+    one line naming the file and the key otherwise."""
+    from edge_mobilenet.contracts.records import Where, check, get
+    from edge_mobilenet.fileio import read_json
+
+    data = check(read_json(path, "profile file"), Where(path), (dict,))
+    where = Where(path)
+    if get(data, "schema", where, (int,)) != 1:
+        raise (where / "schema").fail(f"is {data['schema']}; this edge-bench reads schema 1")
+    found = {}
+    for index, item in enumerate(get(data, "profiles", where, (list,))):
+        at = where / "profiles" / index
+        check(item, at, (dict,))
+        profile = get(item, "profile", at, (dict, type(None)))
+        if profile is None or not profile.get("layers"):
+            continue
+        for row_index, row in enumerate(get(profile, "layers", at / "profile", (list,))):
+            row_at = at / "profile" / "layers" / row_index
+            check(row, row_at, (dict,))
+            get(row, "layer", row_at, (str,))
+            get(row, "ms", row_at, (float,))
+        found[get(item, "artifact", at, (str,))] = profile
+    return found

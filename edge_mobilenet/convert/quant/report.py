@@ -118,20 +118,70 @@ def _layer_rows(artifact: Path, float_model, inputs, debug_count: int):
     return rows, sorted(rows, key=lambda r: layers.index(r.layer) if r.layer in layers else len(layers))
 
 
+def _float_twin(artifact: Path, entry, profiles: dict) -> str | None:
+    """The profiled float artifact of the same source and runtime (from the manifest beside ARTIFACT)."""
+    from edge_mobilenet.contracts.manifest import read_manifest
+
+    if entry is None:
+        return None
+    for other in read_manifest(artifact.parent, require_artifacts=False).entries:
+        if other.is_baseline and other.runtime == entry.runtime and other.source_sha256 == entry.source_sha256 \
+                and other.file in profiles:
+            return other.file
+    return None
+
+
+def join_latency(rows_in_model_order: list, artifact: Path, entry, profile_path: str | Path) -> dict:
+    """Per block: the worst int8 error of its layers, its int8 ms and its float ms on the profiled device
+    (``edge-bench profile`` of the artifact and, if profiled too, its float baseline)."""
+    from edge_mobilenet.runtimes.profiling import block_ms, block_of, read_profiles
+
+    profiles = read_profiles(profile_path)
+    if artifact.name not in profiles:
+        raise EdgeError(f"{profile_path}: has no profile of {artifact.name} (profiled: "
+                        f"{', '.join(sorted(profiles)) or 'none'}); run `edge-bench profile {artifact}`")
+    twin = _float_twin(artifact, entry, profiles)
+    int8_ms, float_ms = block_ms(profiles[artifact.name]), block_ms(profiles[twin]) if twin else {}
+    blocks: dict[str, dict] = {}
+    for row in rows_in_model_order:
+        block = blocks.setdefault(block_of(row.layer), {"block": block_of(row.layer), "worst_layer": row.layer,
+                                                         "rmse_over_scale": row.rmse_over_scale, "layers": 0})
+        block["layers"] += 1
+        if row.rmse_over_scale > block["rmse_over_scale"]:
+            block.update(worst_layer=row.layer, rmse_over_scale=row.rmse_over_scale)
+    for name, block in blocks.items():
+        block.update(int8_ms=int8_ms.get(name), float_ms=float_ms.get(name))
+    return {"profile_file": str(profile_path), "float_artifact": twin,
+            "int8_total_ms": profiles[artifact.name]["total_ms"],
+            "float_total_ms": profiles[twin]["total_ms"] if twin else None, "blocks": list(blocks.values())}
+
+
+def latency_table(join: dict) -> str:
+    body = [[b["block"], b["worst_layer"], round(b["rmse_over_scale"], 3), b["int8_ms"], b["float_ms"],
+             round(b["float_ms"] - b["int8_ms"], 4) if b["int8_ms"] is not None and b["float_ms"] is not None
+             else None] for b in join["blocks"]]
+    return text_table(["block", "worst layer", "rmse/scale", "int8 ms", "float ms", "float - int8 ms"], body,
+                      "llrrrr")
+
+
 def run_quant_report(artifact: str | Path, float_path: str | Path, *, calibration: str | None = None,
                      count: int | None = None, seed: int | None = None, debug_count: int = 32,
-                     output: str | Path = "build/quant-report") -> dict:
+                     output: str | Path = "build/quant-report", latency: str | Path | None = None) -> dict:
     """The quant-report command: per-layer error of ``artifact`` against the float model it came from,
     calibrated and rewritten as the manifest records (flags override), written as JSON + PNG."""
     from edge_mobilenet.convert.settings import DEFAULT_CALIBRATION
     from edge_mobilenet.convert.sources import load_float_model
     from edge_mobilenet.data.calibration import CalibrationSource, load_calibration
 
+    from edge_mobilenet.runtimes.profiling import read_profiles
+
     artifact = Path(artifact)
     if not artifact.is_file():
         raise EdgeError(f"{artifact}: artifact does not exist")
     if artifact.suffix not in (".tflite", ".onnx"):
         raise EdgeError(f"{artifact}: quant-report reads int8 .tflite or QDQ .onnx artifacts")
+    if latency is not None:
+        read_profiles(latency)  # a bad file is refused before the float model is loaded
     entry = manifest_entry(artifact)
     recorded = entry.calibration.to_json() if entry and entry.calibration else {}
     rewrite = ((entry.facts.get("hard_swish_rewrite") if entry else None) or {"enabled": True}).get("enabled", True)
@@ -147,5 +197,7 @@ def run_quant_report(artifact: str | Path, float_path: str | Path, *, calibratio
         rows, model_order = _layer_rows(artifact, float_model, inputs, debug_count)
     finally:
         float_model.close()
-    return write_report(rows, model_order, artifact, Path(output),
-                        {"float_model": str(float_path), "calibration": images.record().to_json()})
+    extra = {"float_model": str(float_path), "calibration": images.record().to_json()}
+    if latency is not None:
+        extra["latency"] = join_latency(model_order, artifact, entry, latency)
+    return write_report(rows, model_order, artifact, Path(output), extra)
