@@ -245,15 +245,22 @@ def models():
 
 def _register_commands() -> None:
     """Commands defined beside their library code (each imports its heavy parts lazily)."""
-    from edge_mobilenet.bench.commands import bench, profile
+    from edge_mobilenet.bench.commands import bench, make_profile_command
     from edge_mobilenet.bench.device_commands import device
     from edge_mobilenet.convert.check_command import check
     from edge_mobilenet.data.detection_commands import detection_set
     from edge_mobilenet.report.commands import compare, report
     from edge_mobilenet.sweep.commands import make_sweep_command
 
-    for command in (check, bench, profile, device, report, compare, detection_set, make_sweep_command(_stages)):
+    for command in (check, bench, make_profile_command(_prefix_builder), device, report, compare, detection_set,
+                    make_sweep_command(_stages)):
         main.add_command(command)
+
+
+def _prefix_builder():
+    from edge_mobilenet.convert.prefixes import build_prefixes
+
+    return build_prefixes
 
 
 def _stages():

@@ -99,14 +99,6 @@ def test_profile_command_on_local_writes_the_tables(bench_artifacts, tmp_path, r
     assert all(RunRecord.from_json(r, Where("results")).profile["layers"] for r in runs)
 
 
-def test_a_tflite_file_says_why_it_has_no_profile(bench_artifacts, tmp_path, run_cli):
-    result = run_cli("profile", bench_artifacts / "mobilenet_v1_0.25_32.int8.tflite", "--device", "local",
-                     "--runs", "5", "--quick", "--output", tmp_path / "p")
-    assert result.returncode == 1
-    assert "no profile: no per-op timing from LiteRT's Python API" in result.stdout
-    assert "Traceback" not in result.stderr
-
-
 def test_bad_profile_values_are_one_line(bench_artifacts, tmp_path, run_cli):
     result = run_cli("bench", bench_artifacts / INT8_ONNX, "--profile", "-1", "--output", tmp_path / "r.json")
     assert result.returncode == 2 and "--profile must be >= 0 runs; received -1" in result.stderr
@@ -145,3 +137,54 @@ def test_a_bad_profile_file_is_one_line_before_the_float_model_loads(bench_artif
     assert result.returncode == 2
     assert "profile.json: profiles[0].profile.layers[0].ms must be a number" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name, inside, cut", [
+    ("mobilenet_v2", "block_2_expand_relu", "block_2_add"),        # a residual block is cut after its add
+    ("mobilenet_v3_small", "expanded_conv_squeeze_excite_mul", "expanded_conv_project_bn"),
+])
+def test_prefixes_cut_only_where_no_branch_crosses(name, inside, cut):
+    from edge_mobilenet.convert.prefixes import cut_points
+    from edge_mobilenet.models.registry import build_model
+
+    cuts = cut_points(build_model(name, alpha=0.35 if name == "mobilenet_v2" else 0.5, size=32, classes=10))
+    layers = [layer for _, layer in cuts]
+    assert cut in layers and inside not in layers
+    assert layers[-1] == "predictions" and len({block for block, _ in cuts}) == len(cuts)
+
+
+def test_prefix_table_differences_rounds_and_states_its_noise():
+    from edge_mobilenet.runtimes.profiling import prefix_table
+
+    prefixes = [[1.0, 1.2, 1.1], [3.0, 3.2, 3.3], [3.5, 3.6, 3.9]]
+    table = prefix_table(["a", "b", "c"], prefixes, [3.4, 3.6, 3.8])
+    assert [r["ms"] for r in table["layers"]] == [1.1, 2.0, 0.5]
+    assert table["total_ms"] == 3.6 and table["timed_p50_ms"] == 3.6 and table["profiled_vs_timed"] == 1.0
+    assert table["layers"][1]["q1_ms"] == 2.0 and table["layers"][1]["q3_ms"] == 2.1
+    assert table["noise_iqr_ms_median"] == pytest.approx(0.1)
+
+
+def test_a_tflite_artifact_is_profiled_by_its_prefixes(bench_artifacts, tmp_path, run_cli):
+    out = tmp_path / "p"
+    result = run_cli("profile", bench_artifacts / "mobilenet_v1_0.25_32.int8.tflite", "--device", "local",
+                     "--runs", "100", "--quick", "--output", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "truncated prefixes, differenced, 20 interleaved rounds" in result.stdout
+    assert "Traceback" not in result.stderr and "W0000" not in result.stderr
+    profile = json.loads((out / "profile.json").read_text())["profiles"][0]["profile"]
+    blocks = [r["layer"] for r in profile["layers"]]
+    assert blocks[:2] == ["conv1", "conv_dw_pw_1"] and blocks[-1] == "predictions" and len(blocks) == 17
+    assert all(r["q1_ms"] <= r["ms"] <= r["q3_ms"] for r in profile["layers"])
+    assert sum(r["ms"] for r in profile["layers"]) == pytest.approx(profile["nodes_total_ms"], abs=1e-4)
+    assert profile["total_ms"] > 0 and profile["timed_p50_ms"] > 0
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert [r["artifact"] for r in runs] == ["mobilenet_v1_0.25_32.int8.tflite"]  # not the prefixes
+
+
+def test_a_bare_tflite_file_says_why_it_has_no_profile(bench_artifacts, tmp_path, run_cli):
+    bare = tmp_path / "downloaded.int8.tflite"
+    bare.write_bytes((bench_artifacts / "mobilenet_v1_0.25_32.int8.tflite").read_bytes())
+    result = run_cli("profile", bare, "--device", "local", "--runs", "5", "--quick", "--output", tmp_path / "p")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "no profile: no per-op timing from LiteRT's Python API (tensorflow#59095), and no float source" \
+        in result.stdout

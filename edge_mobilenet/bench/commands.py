@@ -83,30 +83,39 @@ def bench(artifacts, device, host, user, port, identity, ssh_config, serial, adb
     sys.exit(1 if any(not r.ok for r in records) else 0)
 
 
-@click.command("profile")
-@click.argument("artifacts", nargs=-1, required=True)
-@connection_options
-@click.option("--runs", type=click.IntRange(min=1), default=100, show_default=True,
-              help="Profiled invokes (after the warm-up).")
-@click.option("--by", type=click.Choice(["layer", "block"]), default="layer", show_default=True,
-              help="Rows: Keras layers, or the blocks they form (inverted residuals, dw+pw pairs).")
-@click.option("--top", type=click.IntRange(min=1), default=None, help="Print only the N slowest rows.")
-@click.option("--quick", is_flag=True, help="Short whole-model timing (the profile still takes --runs).")
-@click.option("--eval-count", type=int, default=None, help="Images for accuracy [200; 50 with --quick].")
-@click.option("--output", default=None,
-              help="Folder for profile.json, profile.md and results.json [build/profiles/DEVICE].")
-def profile(artifacts, device, host, user, port, identity, ssh_config, serial, adb, python_, runtime, threads,
-            cpus, runs, by, top, quick, eval_count, output):
-    """Per-layer latency of ARTIFACTS measured on a device, ms and share of the whole model.
+def make_profile_command(prefix_builder=None):
+    """``edge-bench profile``; ``prefix_builder()`` returns ``build(artifact, entry, folder, log)`` (the convert stage's
+    truncated prefixes, handed in by the CLI) profiles TFLite artifacts."""
 
-    ONNX artifacts: ONNX Runtime's session profiling, run by the device runner in a session of its own,
-    mapped back to the Keras layers; the table adds up to the profiled run's p50, and the profiled p50 is
-    compared with the unprofiled one of the same process.
-    """
-    from edge_mobilenet.bench.profile_report import run_profile_command
+    @click.command("profile")
+    @click.argument("artifacts", nargs=-1, required=True)
+    @connection_options
+    @click.option("--runs", type=click.IntRange(min=1), default=100, show_default=True,
+                  help="Profiled invokes (after the warm-up).")
+    @click.option("--by", type=click.Choice(["layer", "block"]), default="layer", show_default=True,
+                  help="Rows: Keras layers, or the blocks they form (inverted residuals, dw+pw pairs).")
+    @click.option("--top", type=click.IntRange(min=1), default=None, help="Print only the N slowest rows.")
+    @click.option("--quick", is_flag=True, help="Short whole-model timing (the profile still takes --runs).")
+    @click.option("--eval-count", type=int, default=None, help="Images for accuracy [200; 50 with --quick].")
+    @click.option("--output", default=None,
+                  help="Folder for profile.json, profile.md and results.json [build/profiles/DEVICE].")
+    def profile(artifacts, device, host, user, port, identity, ssh_config, serial, adb, python_, runtime, threads,
+                cpus, runs, by, top, quick, eval_count, output):
+        """Per-layer latency of ARTIFACTS measured on a device, ms and share of the whole model.
 
-    connection = _profile(host, user, port, identity, ssh_config, serial, adb, python_, runtime, threads, cpus)
-    overrides = {"profile_runs": runs, "eval_count": eval_count}
-    failed = run_profile_command(list(artifacts), device, connection, overrides, by=by, top=top, quick=quick,
-                                 output=output, echo=click.echo)
-    sys.exit(1 if failed else 0)
+        ONNX artifacts: ONNX Runtime's session profiling, run by the device runner in a session of its
+        own, mapped back to the Keras layers; the table adds up to the profiled run's p50, and the profiled
+        p50 is compared with the unprofiled one of the same process. TFLite artifacts (LiteRT has no per-op
+        timing): the model cut after each block, each prefix converted as the artifact was and timed in
+        interleaved rounds with it, differenced; the spread over the rounds is the method's noise.
+        """
+        from edge_mobilenet.bench.profile_report import run_profile_command
+
+        connection = _profile(host, user, port, identity, ssh_config, serial, adb, python_, runtime, threads, cpus)
+        overrides = {"profile_runs": runs, "eval_count": eval_count}
+        failed = run_profile_command(list(artifacts), device, connection, overrides, by=by, top=top,
+                                     quick=quick, output=output, echo=click.echo,
+                                     prefix_builder=prefix_builder and prefix_builder())
+        sys.exit(1 if failed else 0)
+
+    return profile

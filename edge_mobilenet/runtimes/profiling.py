@@ -16,7 +16,7 @@ BETWEEN_NODES = "(between nodes)"
 _ORT_SUFFIX = re.compile(r"(_token_\d+)?(_nchwc)?$")  # ONNX Runtime's, on nodes it fuses or adds
 _OUR_SUFFIX = re.compile(r"(:\d+)?(__[nt]\d+)?$")  # from convert.onnx_convert.canonical_names
 _BLOCKS = (
-    (re.compile(r"^conv_(?:dw|pw)_(\d+)(?:_|$)"), "conv_dw_pw_{}"),       # V1: depthwise + pointwise
+    (re.compile(r"^conv_(?:dw|pw|pad)_(\d+)(?:_|$)"), "conv_dw_pw_{}"),   # V1: (pad,) depthwise + pointwise
     (re.compile(r"^(block_\d+)(?:_|$)"), "{}"),                         # V2
     (re.compile(r"^(expanded_conv(?:_\d+)?)(?:_|$)"), "{}"),            # V2's first block, V3
 )
@@ -146,3 +146,27 @@ def read_profiles(path) -> dict[str, dict]:
             get(row, "ms", row_at, (float,))
         found[get(item, "artifact", at, (str,))] = profile
     return found
+
+
+def prefix_table(blocks: list[str], prefix_rounds: list[list[float]], whole_rounds: list[float]) -> dict:
+    """Per-block ms from the per-round p50s of the truncated prefixes (``convert.prefixes``), timed in
+    interleaved rounds with the whole artifact (``whole_rounds``).
+
+    A block's ms is the median over rounds of (its prefix - the previous prefix); the first row holds
+    the first block and the runtime's fixed cost per invoke. q1/q3 give the spread of each difference
+    over the rounds: the noise of the method.
+    """
+    import numpy as np
+
+    prefixes = np.asarray(prefix_rounds, dtype=float)
+    steps = np.diff(np.vstack([np.zeros(prefixes.shape[1]), prefixes]), axis=0)
+    total = float(np.median(prefixes[-1]))
+    rows = [{"layer": block, "ms": round(float(np.median(step)), 5),
+             "q1_ms": round(float(np.percentile(step, 25)), 5), "q3_ms": round(float(np.percentile(step, 75)), 5),
+             "share": round(float(np.median(step)) / total, 5) if total > 0 else None, "ops": {}}
+            for block, step in zip(blocks, steps)]
+    whole = float(np.median(whole_rounds))
+    return {"method": "truncated prefixes, differenced", "runs": len(whole_rounds), "total_ms": total,
+            "nodes_total_ms": round(sum(r["ms"] for r in rows), 5), "layers": rows, "blocks": rows,
+            "timed_p50_ms": whole, "profiled_vs_timed": round(total / whole, 4) if whole > 0 else None,
+            "noise_iqr_ms_median": round(float(np.median([r["q3_ms"] - r["q1_ms"] for r in rows])), 5)}
