@@ -17,15 +17,9 @@ import numpy as np
 
 
 def _invoker(path: str, threads: int):
-    import onnxruntime as ort
+    from edge_mobilenet.runtimes.onnx import make_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    if threads > 1:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    session = make_session(path, threads)
     feed = session.get_inputs()[0]
     shape = [d if isinstance(d, int) else 1 for d in feed.shape]
     batch = np.random.RandomState(0).uniform(-1, 1, shape).astype(np.float32)
