@@ -160,6 +160,10 @@ def train(model_name, alpha, size, data_dir, epochs, batch_size, learning_rate, 
 @click.option("--target-accuracy", default=None,
               help="Accuracy-aware int8: keep the fewest sensitive layers in float until top-1 reaches "
                    "this share of float top-1 (99%) or this many points below it (0.5pt).")
+@click.option("--latency-profile", type=click.Path(), default=None,
+              help="With --target-accuracy: profile.json of `edge-bench profile` (the plain int8 artifact and "
+                   "its float baseline on the device): keep in float the layers with the most error per "
+                   "millisecond their float form costs there.")
 @click.option("--rewrite-hard-swish/--no-rewrite-hard-swish", default=True, show_default=True,
               help="Rewrite hard-swish/hard-sigmoid into ops XNNPACK's int8 kernels take (outputs "
                    "checked unchanged); without it int8 MobileNetV3 splits into ~20 partitions.")
@@ -169,8 +173,8 @@ def train(model_name, alpha, size, data_dir, epochs, batch_size, learning_rate, 
 @click.option("--output", type=click.Path(), default=None, help="Artifacts folder [build/artifacts].")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def quantize(models_, recipe, calibration, count, seed, skip_corrupt, formats, io, eval_dir, eval_count,
-             onnx_activation, onnx_method, target_accuracy, rewrite_hard_swish, alpha, size, classes,
-             output, quiet):
+             onnx_activation, onnx_method, target_accuracy, latency_profile, rewrite_hard_swish, alpha, size,
+             classes, output, quiet):
     """Convert float models to TFLite and ONNX artifacts with a manifest.
 
     Either --model (repeatable) or --recipe. Unchanged inputs reuse existing artifacts.
@@ -180,7 +184,8 @@ def quantize(models_, recipe, calibration, count, seed, skip_corrupt, formats, i
     overrides = dict(calibration=calibration, count=count, seed=seed, skip_corrupt=skip_corrupt or None,
                      formats=formats, io=io, eval_dir=eval_dir, eval_count=eval_count,
                      onnx_activation_type=onnx_activation, onnx_calibration_method=onnx_method,
-                     target_accuracy=target_accuracy, rewrite_hard_swish=rewrite_hard_swish,
+                     target_accuracy=target_accuracy, latency_profile=latency_profile,
+                     rewrite_hard_swish=rewrite_hard_swish,
                      output_dir=output, progress=False if quiet else None)
     run_quantize(models_, recipe, overrides, (alpha, size, classes))
 

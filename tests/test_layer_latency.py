@@ -188,3 +188,46 @@ def test_a_bare_tflite_file_says_why_it_has_no_profile(bench_artifacts, tmp_path
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "no profile: no per-op timing from LiteRT's Python API (tensorflow#59095), and no float source" \
         in result.stdout
+
+
+def test_latency_ranking_prefers_error_recovered_per_millisecond():
+    from collections import namedtuple
+
+    from edge_mobilenet.convert.quant.accuracy_aware import latency_ranked
+
+    Row = namedtuple("Row", "layer node rmse_over_scale")
+    ranking = [Row("conv_pw_1", "a", 2.0), Row("conv_pw_2", "b", 1.0), Row("conv_pw_3", "c", 0.2)]
+    costs = {"conv_dw_pw_1": 1.0, "conv_dw_pw_2": -0.5, "conv_dw_pw_3": 0.0}  # float faster in block 2
+    assert [r.node for r in latency_ranked(ranking, costs)] == ["b", "a", "c"]  # c: at ideal rounding
+    assert [r.node for r in latency_ranked(ranking, {})] == ["a", "b", "c"]  # no costs: by error
+
+
+def test_quantize_latency_aware_records_the_device_costs_it_ranked_by(bench_artifacts, tmp_path, run_cli):
+    profiles = tmp_path / "profiles"
+    result = run_cli("profile", bench_artifacts / INT8_ONNX, bench_artifacts / "mobilenet_v1_0.25_32.onnx",
+                     "--runs", "10", "--quick", "--output", profiles)
+    assert result.returncode == 0, result.stderr
+    entry = next(e for e in read_manifest(bench_artifacts / "manifest.json").entries if e.file == INT8_ONNX)
+    out = tmp_path / "out"
+    result = run_cli("quantize", "--quiet", "--model", entry.source_file, "--formats", "onnx-int8", "--count", "50",
+                     "--target-accuracy", "0pt", "--latency-profile", profiles / "profile.json", "--output", out)
+    assert result.returncode in (0, 1), result.stderr  # 1: the target missed, the best artifact kept
+    assert "ranked by int8 error per ms" in result.stderr
+    found = next(e for e in read_manifest(out / "manifest.json", require_artifacts=False).entries)
+    aware = found.facts["recipe"]["accuracy_aware"]
+    assert aware["latency_aware"]["profile"] == str(profiles / "profile.json")
+    assert {f"conv_dw_pw_{i}" for i in range(1, 14)} <= set(aware["latency_aware"]["block_cost_ms"])
+    assert aware["steps"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[]", "profile.json: must be an object"),
+    ('{"schema": 1, "profiles": []}', None),
+])
+def test_latency_profile_is_checked_before_any_model_loads(tmp_path, run_cli, text, message):
+    path = tmp_path / "profile.json"
+    path.write_text(text)
+    result = run_cli("quantize", "--model", "nowhere.keras", "--formats", "int8", "--target-accuracy", "1pt",
+                     "--latency-profile", path, "--output", tmp_path / "o")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert (message or "nowhere.keras") in result.stderr

@@ -105,7 +105,7 @@ def _tflite_profiles(found, device, connection, overrides, quick, prefix_builder
         if prefix_builder is None or not artifact.entry.source_file:
             why = "no float source recorded for it" if prefix_builder else "no prefix builder"
             records.append(RunRecord(status="ok", artifact=artifact.path.name, format=artifact.entry.format,
-                                     runtime_kind="tflite", device_name=Path(device).stem, latency={"p50_ms": 0.0},
+                                     runtime_kind="tflite", device_name=Path(device).stem,
                                      profile={"method": None, "error": f"no per-op timing from LiteRT's Python "
                                               f"API (tensorflow#59095), and {why}: the prefix method converts "
                                               "truncated copies of the float source"}))

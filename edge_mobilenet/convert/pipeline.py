@@ -118,6 +118,12 @@ def _build_accuracy_aware(float_model: FloatModel, fmt: Format, calibration: np.
     goal, started = settings.target_accuracy, time.perf_counter()
     quantizer, candidates, score, latency = BUILDERS[fmt.builder].selective(
         float_model, fmt, calibration, settings, evaluation)
+    latency_aware = None
+    if settings.latency_profile:
+        costs = accuracy_aware.block_costs(settings.latency_profile, float_model.stem, fmt)
+        candidates = accuracy_aware.latency_ranked(candidates, costs)
+        latency_aware = {"profile": settings.latency_profile, "block_cost_ms": costs}
+        _log(f"  {fmt.name}: layers ranked by int8 error per ms their float form costs on the profiled device")
     float_top1 = top1(evaluation.float_outputs, evaluation.labels, evaluation.label_offset)
     _log(f"  {fmt.name}: accuracy-aware search, target {goal.text} of float top-1 {float_top1:.4f}")
     found = accuracy_aware.search(quantizer, candidates, score, float_top1, goal, log=_log)
@@ -130,7 +136,7 @@ def _build_accuracy_aware(float_model: FloatModel, fmt: Format, calibration: np.
             "float_nodes": [r.node for r in candidates[:found["chosen"]]], "steps": found["steps"],
             "latency_ms_p50_local": {"full_int8": round(latency(full_int8), 3),
                                      "selective": round(latency(found["model"]), 3)},
-            "search_seconds": round(time.perf_counter() - started, 1)}
+            "search_seconds": round(time.perf_counter() - started, 1), "latency_aware": latency_aware}
 
 
 def build_artifact(float_model: FloatModel, fmt: Format, settings: QuantizeSettings,

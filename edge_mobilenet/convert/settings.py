@@ -72,6 +72,7 @@ class QuantizeSettings:
     onnx_activation_type: str = "uint8"
     onnx_calibration_method: str = "minmax"
     target_accuracy: AccuracyTarget | None = None  # accuracy-aware int8
+    latency_profile: str | None = None  # profile.json of `edge-bench profile`: rank layers by error per ms
     rewrite_hard_swish: bool = True  # express hard-swish with ops XNNPACK's int8 kernels take
     progress: bool = True
 
@@ -88,12 +89,26 @@ class QuantizeSettings:
             raise EdgeError(f"--count (calibration images) must be >= 1; received {self.calibration.count}")
         if self.calibration.seed < 0:
             raise EdgeError(f"--seed must be >= 0; received {self.calibration.seed}")
+        if self.latency_profile is not None:
+            if self.target_accuracy is None:
+                raise EdgeError("--latency-profile ranks the layers of the accuracy-aware search: give "
+                                "--target-accuracy too")
+            if not Path(self.latency_profile).is_file():
+                raise EdgeError(f"--latency-profile {self.latency_profile}: no such file (write one with "
+                                "`edge-bench profile INT8 FLOAT --device NAME`)")
+            from edge_mobilenet.runtimes.profiling import read_profiles
+
+            read_profiles(self.latency_profile)  # a bad file is one line before any model loads
 
     def options_for(self, fmt: Format) -> dict:
         """The settings ``fmt``'s bytes depend on (the format table names them), JSON-ready."""
         values = {name: getattr(self, name) for name in fmt.options}
         if values.get("target_accuracy") is not None:
             values["target_accuracy"] = values["target_accuracy"].text
+        if values.get("latency_profile") is not None:  # its content, not its path, decides the bytes
+            from edge_mobilenet.fileio import sha256_file
+
+            values["latency_profile"] = sha256_file(values["latency_profile"])
         return values
 
 

@@ -276,7 +276,7 @@ def _profile(path, inputs, args):
         return None
     if not (path.endswith(".onnx") or args.runtime == "onnxruntime"):
         return {"method": None, "error": "no per-op timing from LiteRT's Python API (tensorflow#59095): "
-                                          "profile TFLite files with the host's prefix method"}
+                                          "`edge-bench profile` times TFLite files by truncated prefixes"}
     try:
         return profile_onnx(path, inputs, args)
     except Exception as error:

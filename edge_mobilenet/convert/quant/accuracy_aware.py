@@ -8,6 +8,44 @@ smallest such k. Every candidate is a real model on its own runtime (LiteRT or O
 from __future__ import annotations
 
 from edge_mobilenet.convert.settings import AccuracyTarget
+from edge_mobilenet.errors import EdgeError
+
+IDEAL_RMSE_OVER_SCALE = 1 / 12 ** 0.5
+MIN_COST_MS = 1e-3  # a layer whose float form costs nothing still ranks by its error
+
+
+def block_costs(profile_path, stem: str, fmt) -> dict[str, float]:
+    """ms that keeping each block in float costs on the profiled device: float ms - int8 ms, from the
+    profiles of ``STEM<int8 suffix>`` and of its float baseline in ``profile_path``."""
+    from edge_mobilenet.contracts.formats import FORMATS
+    from edge_mobilenet.runtimes.profiling import block_ms, read_profiles
+
+    profiles = read_profiles(profile_path)
+    names = (f"{stem}{fmt.suffix}", f"{stem}{FORMATS[fmt.baseline].suffix}")
+    missing = [n for n in names if n not in profiles]
+    if missing:
+        raise EdgeError(f"{profile_path}: has no profile of {', '.join(missing)}; profile the plain int8 "
+                        f"artifact and its float baseline on the device: `edge-bench profile {' '.join(names)} "
+                        "--device NAME`")
+    int8_ms, float_ms = block_ms(profiles[names[0]]), block_ms(profiles[names[1]])
+    return {block: round(float_ms.get(block, 0.0) - ms, 5) for block, ms in int8_ms.items()}
+
+
+def latency_ranked(ranking: list, costs: dict[str, float]) -> list:
+    """``ranking`` re-ordered by error recovered per millisecond lost: a layer's excess over ideal
+    rounding error, over its share of its block's float-minus-int8 cost (never below MIN_COST_MS)."""
+    import collections
+
+    from edge_mobilenet.runtimes.profiling import block_of
+
+    per_block = collections.Counter(block_of(r.layer) for r in ranking)
+
+    def cost_ms(row) -> float:
+        block = block_of(row.layer)
+        return max(costs.get(block, 0.0), 0.0) / per_block[block]
+
+    return sorted(ranking, key=lambda r: (-max(r.rmse_over_scale - IDEAL_RMSE_OVER_SCALE, 1e-6)
+                                          / (cost_ms(r) + MIN_COST_MS), r.node))
 
 
 def search(quantizer, ranking: list, score, float_top1: float, target: AccuracyTarget,
