@@ -110,12 +110,18 @@ def test_bad_profile_values_are_one_line(bench_artifacts, tmp_path, run_cli):
                              "device_name": "local", "profile": "fast"}, Where("results.json") / "runs" / 0)
 
 
-def test_quant_report_joins_each_block_s_error_with_its_int8_and_float_ms(bench_artifacts, tmp_path, run_cli):
+def _profiled_int8_and_float(bench_artifacts, tmp_path, run_cli):
+    """`edge-bench profile` of the int8 ONNX artifact and its float baseline; (folder, int8 entry)."""
     profiles = tmp_path / "profiles"
     result = run_cli("profile", bench_artifacts / INT8_ONNX, bench_artifacts / "mobilenet_v1_0.25_32.onnx",
                      "--runs", "10", "--quick", "--output", profiles)
     assert result.returncode == 0, result.stderr
     entry = next(e for e in read_manifest(bench_artifacts / "manifest.json").entries if e.file == INT8_ONNX)
+    return profiles, entry
+
+
+def test_quant_report_joins_each_block_s_error_with_its_int8_and_float_ms(bench_artifacts, tmp_path, run_cli):
+    profiles, entry = _profiled_int8_and_float(bench_artifacts, tmp_path, run_cli)
     result = run_cli("quant-report", bench_artifacts / INT8_ONNX, "--float", entry.source_file,
                      "--latency", profiles / "profile.json", "--output", tmp_path / "qr", "--json")
     assert result.returncode == 0, result.stderr
@@ -203,11 +209,7 @@ def test_latency_ranking_prefers_error_recovered_per_millisecond():
 
 
 def test_quantize_latency_aware_records_the_device_costs_it_ranked_by(bench_artifacts, tmp_path, run_cli):
-    profiles = tmp_path / "profiles"
-    result = run_cli("profile", bench_artifacts / INT8_ONNX, bench_artifacts / "mobilenet_v1_0.25_32.onnx",
-                     "--runs", "10", "--quick", "--output", profiles)
-    assert result.returncode == 0, result.stderr
-    entry = next(e for e in read_manifest(bench_artifacts / "manifest.json").entries if e.file == INT8_ONNX)
+    profiles, entry = _profiled_int8_and_float(bench_artifacts, tmp_path, run_cli)
     out = tmp_path / "out"
     result = run_cli("quantize", "--quiet", "--model", entry.source_file, "--formats", "onnx-int8", "--count", "50",
                      "--target-accuracy", "0pt", "--latency-profile", profiles / "profile.json", "--output", out)
