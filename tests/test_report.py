@@ -23,7 +23,7 @@ from edge_mobilenet.report.compare import compare, parse_fail_on
 from edge_mobilenet.report.markdown import write_report
 
 MACS = 300_000_000
-SUFFIXES = {"fp32": ".fp32.tflite", "int8": ".int8.tflite", "dynamic": ".dynamic.tflite", "onnx": ".onnx",
+SUFFIXES = {"fp32": ".fp32.tflite", "fp16": ".fp16.tflite", "int8": ".int8.tflite", "dynamic": ".dynamic.tflite", "onnx": ".onnx",
             "onnx-int8": ".int8.onnx"}
 
 
@@ -135,6 +135,38 @@ def test_markdown_csv_and_plots(results, tmp_path):
     assert float(int8["speed-up vs float"]) == 2.5 and int8["top-1 %"] == "89.0"
     for png in files[2:]:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def _interleaved(run, median, q1, q3):
+    latency = {**run.latency, "rounds": {"count": 25, "ratio_vs_baseline": {
+        "baseline": "mobilenet_v1_0.25_32.fp32.tflite", "median": median, "q1": q1, "q3": q3}}}
+    return replace(run, latency=latency)
+
+
+@pytest.mark.parametrize("int8, expected", [
+    (_run("int8", 4.0), "int8 pays; it is the fastest format here"),  # 0.40x, block timing
+    (_run("int8", 19.5), "**int8 does not pay on this device**; fastest here: fp16 (7 ms)"),
+    (_run("int8", 10.5), "no clear difference from float"),  # 1.05x: inside the block-timing noise
+    (_interleaved(_run("int8", 10.5), 1.05, 1.03, 1.07), "**int8 does not pay"),  # the IQR says slower
+    (_interleaved(_run("int8", 9.0), 0.9, 0.85, 1.02), "no clear difference"),  # IQR straddles 1
+])
+def test_reports_say_whether_int8_pays(tmp_path, int8, expected):
+    runs = [_run("fp32", 10.0), _run("fp16", 7.0), int8]
+    text = write_report(_write(tmp_path / "r.json", runs), tmp_path / "out")[0].read_text()
+    section = text.split("### int8 on this device")[1]
+    line = next(l for l in section.splitlines() if l.startswith("- mobilenet_v1_0.25_32 int8:"))
+    assert expected in line, line
+    if int8.latency.get("rounds"):
+        assert "(interleaved, IQR" in line
+    if "does not pay" in expected:
+        assert "fastest here: fp16 (7 ms)" in line
+
+
+def test_no_int8_verdict_on_an_emulated_board(results, tmp_path):
+    text = write_report(results, tmp_path / "out")[0].read_text()
+    pi = text.split("\n## pi")[1]
+    assert "int8: 0.56× the float time (timed in separate blocks): no verdict, the board is emulated" in pi
+    assert "int8 pays" not in pi
 
 
 def test_report_without_accuracy_and_default_prefix(tmp_path, cli_group):

@@ -159,14 +159,17 @@ def table_html(records: list[dict]) -> str:
     return f'<table id="runs">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>'
 
 
-def summary_html(summaries: dict[str, DeviceSummary], loss_pt: float) -> str:
-    """Per device: the fastest run within the accuracy loss and the thread advice."""
+def summary_html(summaries: dict[str, DeviceSummary], loss_pt: float, rows: list[RunRow] = ()) -> str:
+    """Per device: the fastest run within the accuracy loss, the thread advice and whether int8 pays."""
+    from edge_mobilenet.report.int8_verdict import verdicts
+
     items = []
     for device, summary in summaries.items():
         within = summary.within_loss
         lines = [f"fastest within {loss_pt:g} pt of the most accurate: "
                  + (str(within) if within else "n/a (no run has top-1)")]
         lines += [f"threads, {a.model} {a.format}: {a}" for a in summary.threads]
+        lines += [str(v).replace("**", "") for v in verdicts([r for r in rows if r.run.device_name == device])]
         items.append(f"<li><b>{escape(device)}</b><ul>"
                      + "".join(f"<li>{escape(line)}</li>" for line in lines) + "</ul></li>")
     return '<ul id="summary">' + "".join(items) + "</ul>"
@@ -180,7 +183,7 @@ def page_html(title: str, rows: list[RunRow], loss_pt: float = DEFAULT_ACCURACY_
     no_chart = "" if summaries else "<p>No run finished with a latency: there is nothing to chart.</p>\n"
     return PAGE.format(
         title=escape(title), table=table_html(data["runs"]),
-        summary=no_chart + summary_html(summaries, loss_pt),
+        summary=no_chart + summary_html(summaries, loss_pt, latest),
         noise=f"{SLOWER_NOISE_PCT:g}", style=STYLE, data=embedded_json(data), script=SCRIPT)
 
 

@@ -224,9 +224,20 @@ def markdown_text(source: Path, rows: list[RunRow],
         superseded = len(device_rows) - len(shown)
         if superseded:
             parts += [f"{superseded} earlier run(s) of the same artifacts are in the CSV only.", ""]
+        parts += int8_section(shown)
         if device in summaries:
             parts += sweep_sections(summaries[device], accuracy_loss_pt)
     return "\n".join(parts)
+
+
+def int8_section(rows: list[RunRow]) -> list[str]:
+    """``### int8 on this device``: per integer artifact, whether it beats its float baseline here."""
+    from edge_mobilenet.report.int8_verdict import verdicts
+
+    found = verdicts(rows)
+    if not found:
+        return []
+    return ["### int8 on this device", ""] + [f"- {_cell(str(v))}" for v in found] + [""]
 
 
 FRONT_HEADERS = ["p50 ms", "top-1 %", "size KiB", "configuration"]
