@@ -63,8 +63,6 @@ def cut_points(model) -> list[tuple[str, str]]:
 def build_prefixes(artifact: Path, entry, folder: Path, log=print) -> list[tuple[str, Path]]:
     """The artifact's prefixes as ``.tflite`` files in ``folder``: ``[(block, path)]`` in network order,
     the last one the whole model."""
-    import keras
-
     from edge_mobilenet.contracts.formats import FORMATS
     from edge_mobilenet.convert.sources import load_float_model
     from edge_mobilenet.convert.tflite import TFLiteOptions, convert_keras
@@ -77,7 +75,10 @@ def build_prefixes(artifact: Path, entry, folder: Path, log=print) -> list[tuple
     if not entry.source_file or not Path(entry.source_file).is_file():
         raise EdgeError(f"{artifact}: its float source {entry.source_file!r} is not on this machine; the "
                         "prefix profile converts truncated copies of it")
-    float_model = load_float_model(entry.source_file, output_dir=folder)
+    with native_noise_filtered():  # TensorFlow's import notices (oneDNN, absl)
+        import keras
+
+        float_model = load_float_model(entry.source_file, output_dir=folder)
     calibration = None
     if fmt.calibrated:
         record = entry.calibration
