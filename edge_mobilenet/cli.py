@@ -164,6 +164,10 @@ def train(model_name, alpha, size, data_dir, epochs, batch_size, learning_rate, 
               help="With --target-accuracy: profile.json of `edge-bench profile` (the plain int8 artifact and "
                    "its float baseline on the device): keep in float the layers with the most error per "
                    "millisecond their float form costs there.")
+@click.option("--ptq", default=None, metavar="auto|none|METHOD[,METHOD]",
+              help="Post-training int8 methods beyond min/max: auto (try bias correction, AdaRound and "
+                   "range estimators on held-out calibration images, keep what lowers the error), none, or "
+                   "bias-correction, adaround, ranges-percentile, ranges-mse [auto].")
 @click.option("--rewrite-hard-swish/--no-rewrite-hard-swish", default=True, show_default=True,
               help="Rewrite hard-swish/hard-sigmoid into ops XNNPACK's int8 kernels take (outputs "
                    "checked unchanged); without it int8 MobileNetV3 splits into ~20 partitions.")
@@ -173,8 +177,8 @@ def train(model_name, alpha, size, data_dir, epochs, batch_size, learning_rate, 
 @click.option("--output", type=click.Path(), default=None, help="Artifacts folder [build/artifacts].")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def quantize(models_, recipe, calibration, count, seed, skip_corrupt, formats, io, eval_dir, eval_count,
-             onnx_activation, onnx_method, target_accuracy, latency_profile, rewrite_hard_swish, alpha, size,
-             classes, output, quiet):
+             onnx_activation, onnx_method, target_accuracy, latency_profile, ptq, rewrite_hard_swish, alpha,
+             size, classes, output, quiet):
     """Convert float models to TFLite and ONNX artifacts with a manifest.
 
     Either --model (repeatable) or --recipe. Unchanged inputs reuse existing artifacts.
@@ -184,7 +188,7 @@ def quantize(models_, recipe, calibration, count, seed, skip_corrupt, formats, i
     overrides = dict(calibration=calibration, count=count, seed=seed, skip_corrupt=skip_corrupt or None,
                      formats=formats, io=io, eval_dir=eval_dir, eval_count=eval_count,
                      onnx_activation_type=onnx_activation, onnx_calibration_method=onnx_method,
-                     target_accuracy=target_accuracy, latency_profile=latency_profile,
+                     target_accuracy=target_accuracy, latency_profile=latency_profile, ptq=ptq,
                      rewrite_hard_swish=rewrite_hard_swish,
                      output_dir=output, progress=False if quiet else None)
     run_quantize(models_, recipe, overrides, (alpha, size, classes))

@@ -50,12 +50,13 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            "TFLite dynamic-range: int8 weights, float activations", colour="tab:purple"),
     Format("int8", ".int8.tflite", "tflite", True, True, "fp32",
            "TFLite full-integer int8 (per-channel weights, calibrated activations)", integer=True,
-           options=("io", "target_accuracy", "latency_profile"), colour="tab:red"),
+           options=("io", "ptq", "target_accuracy", "latency_profile"), colour="tab:red"),
     Format("onnx", ".onnx", "onnx", False, False, "onnx", "ONNX float32 (tf2onnx)", colour="tab:green",
            builder="onnx-export"),
     Format("onnx-int8", ".int8.onnx", "onnx", True, True, "onnx",
            "ONNX int8 QDQ (ONNX Runtime static quantization, per-channel)", integer=True,
-           options=("onnx_activation_type", "onnx_calibration_method", "target_accuracy", "latency_profile"),
+           options=("onnx_activation_type", "onnx_calibration_method", "ptq", "target_accuracy",
+                    "latency_profile"),
            colour="tab:orange", builder="onnx-qdq"),
 )}
 

@@ -31,18 +31,42 @@ def _labelled_score(runtime: str, evaluation: EvalSet):
 class TFLiteBuilder:
     """fp32, fp16, dynamic-range and full-integer int8 through TFLiteConverter."""
 
-    def recipe(self, fmt: Format, settings: QuantizeSettings, float_nodes=()) -> dict:
-        return {"io": settings.io} if fmt.integer else {}
+    def recipe(self, fmt: Format, settings: QuantizeSettings, float_nodes=(), ranges: str | None = None) -> dict:
+        if not fmt.integer:
+            return {}
+        return {"io": settings.io, "activation_ranges": ranges or "minmax"}
+
+    # post-training methods (quant/ptq.py): the converter's int8 weight grid and our range estimators
+    qmax = 127
+    range_methods = {"ranges-percentile": "percentile", "ranges-mse": "mse"}
 
     def convert(self, float_model: FloatModel, fmt: Format, calibration, settings: QuantizeSettings,
                 target: Path) -> dict:
         from edge_mobilenet.convert.tflite import TFLiteOptions, convert_tflite
         from edge_mobilenet.fileio import write_bytes_atomic
 
-        flatbuffer, seconds = convert_tflite(float_model.saved_model_dir(fmt), fmt.name, calibration,
-                                             TFLiteOptions(io=settings.io))
+        ranges = float_model.ptq_ranges(fmt)
+        if ranges is not None:  # estimated ranges go in between calibration and quantization
+            from edge_mobilenet.convert.quant.tflite_debug import SelectiveQuantizer
+
+            started = time.perf_counter()
+            flatbuffer = SelectiveQuantizer(float_model.saved_model_dir(fmt), calibration, settings.io,
+                                            ranges).quantize([])
+            seconds = time.perf_counter() - started
+        else:
+            flatbuffer, seconds = convert_tflite(float_model.saved_model_dir(fmt), fmt.name, calibration,
+                                                 TFLiteOptions(io=settings.io))
         write_bytes_atomic(target, flatbuffer)
         return {"convert_seconds": round(seconds, 2)}
+
+    def ptq_trial(self, model, ranges: str | None, images: np.ndarray, settings: QuantizeSettings) -> bytes:
+        """One post-training candidate as an int8 flatbuffer (calibrated on ``images``)."""
+        from edge_mobilenet.convert.quant.tflite_debug import SelectiveQuantizer
+        from edge_mobilenet.convert.tflite import export_saved_model
+
+        with tempfile.TemporaryDirectory(prefix="edge-ptq-") as folder:
+            export_saved_model(model, folder)
+            return SelectiveQuantizer(folder, images, settings.io, ranges).quantize([])
 
     def selective(self, float_model: FloatModel, fmt: Format, calibration: np.ndarray,
                   settings: QuantizeSettings, evaluation: EvalSet):
@@ -52,14 +76,14 @@ class TFLiteBuilder:
         exported = float_model.saved_model_dir(fmt)
         layer_names = {l.name for l in float_model.model_for(fmt).layers}
         ranking = layer_errors(exported, calibration, calibration[:32], layer_names)
-        return (SelectiveQuantizer(exported, calibration, settings.io), ranking,
+        return (SelectiveQuantizer(exported, calibration, settings.io, float_model.ptq_ranges(fmt)), ranking,
                 _labelled_score("tflite", evaluation), tflite_latency_ms_p50)
 
 
 class OnnxExportBuilder:
     """Float32 ONNX through tf2onnx."""
 
-    def recipe(self, fmt: Format, settings: QuantizeSettings, float_nodes=()) -> dict:
+    def recipe(self, fmt: Format, settings: QuantizeSettings, float_nodes=(), ranges: str | None = None) -> dict:
         return {}
 
     def convert(self, float_model: FloatModel, fmt: Format, calibration, settings: QuantizeSettings,
@@ -74,15 +98,22 @@ class OnnxExportBuilder:
 class OnnxQdqBuilder:
     """Int8 QDQ ONNX through ONNX Runtime's static quantizer, from the float ONNX export."""
 
+    # post-training methods (quant/ptq.py): ONNX Runtime's weight grid with reduce_range (q in [-64, 64],
+    # scale max|w|/64) and its own calibration methods for the activation ranges (entropy: KL-optimal,
+    # ONNX Runtime's nearest to an error-minimising range)
+    qmax = 64
+    range_methods = {"ranges-percentile": "percentile", "ranges-mse": "entropy"}
+
     @staticmethod
-    def options(settings: QuantizeSettings, float_nodes=()):
+    def options(settings: QuantizeSettings, float_nodes=(), ranges: str | None = None):
         from edge_mobilenet.convert.onnx_convert import OnnxQuantOptions
 
         return OnnxQuantOptions(activation_type=settings.onnx_activation_type,
-                                method=settings.onnx_calibration_method, nodes_to_exclude=tuple(float_nodes))
+                                method=ranges or settings.onnx_calibration_method,
+                                nodes_to_exclude=tuple(float_nodes))
 
-    def recipe(self, fmt: Format, settings: QuantizeSettings, float_nodes=()) -> dict:
-        options = asdict(self.options(settings))
+    def recipe(self, fmt: Format, settings: QuantizeSettings, float_nodes=(), ranges: str | None = None) -> dict:
+        options = asdict(self.options(settings, ranges=ranges))
         return {**options, "nodes_to_exclude": list(float_nodes)} if float_nodes else options
 
     def convert(self, float_model: FloatModel, fmt: Format, calibration, settings: QuantizeSettings,
@@ -90,8 +121,19 @@ class OnnxQdqBuilder:
         from edge_mobilenet.convert.onnx_convert import quantize_onnx
 
         started = time.perf_counter()
-        facts = quantize_onnx(float_model.float_onnx(fmt), target, calibration, self.options(settings))
+        facts = quantize_onnx(float_model.float_onnx(fmt), target, calibration,
+                              self.options(settings, ranges=float_model.ptq_ranges(fmt)))
         return {"convert_seconds": round(time.perf_counter() - started, 2), "onnx": facts}
+
+    def ptq_trial(self, model, ranges: str | None, images: np.ndarray, settings: QuantizeSettings) -> bytes:
+        """One post-training candidate as int8 ONNX bytes (calibrated on ``images``)."""
+        from edge_mobilenet.convert.onnx_convert import convert_onnx, quantize_onnx
+
+        with tempfile.TemporaryDirectory(prefix="edge-ptq-onnx-") as folder:
+            convert_onnx(model, Path(folder) / "float.onnx")
+            quantize_onnx(Path(folder) / "float.onnx", Path(folder) / "int8.onnx", images,
+                          self.options(settings, ranges=ranges))
+            return (Path(folder) / "int8.onnx").read_bytes()
 
     def selective(self, float_model: FloatModel, fmt: Format, calibration: np.ndarray,
                   settings: QuantizeSettings, evaluation: EvalSet):
@@ -100,7 +142,8 @@ class OnnxQdqBuilder:
 
         layer_names = {l.name for l in float_model.model_for(fmt).layers}
         float_path = float_model.float_onnx(fmt)
-        quantizer = onnx_debug.OnnxSelectiveQuantizer(float_path, calibration, self.options(settings))
+        quantizer = onnx_debug.OnnxSelectiveQuantizer(float_path, calibration,
+                                                      self.options(settings, ranges=float_model.ptq_ranges(fmt)))
         with tempfile.TemporaryDirectory(prefix="edge-onnx-rank-") as folder:
             plain = Path(folder) / "plain.onnx"
             plain.write_bytes(quantizer.quantize([]))

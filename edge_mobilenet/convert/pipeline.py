@@ -26,8 +26,8 @@ from edge_mobilenet.errors import EdgeError
 from edge_mobilenet.fileio import sha256_file
 
 # Bumped when the manifest facts an artifact carries change, so older entries are rebuilt.
-PIPELINE_VERSION = 6  # 4: ONNX graphs canonicalised (same bytes in every process); 5: batch_norm_statistics;
-# 6: tf2onnx transpose optimizer no longer gives up on V3 (scalar Add)
+PIPELINE_VERSION = 7  # 4: ONNX graphs canonicalised (same bytes in every process); 5: batch_norm_statistics;
+# 6: tf2onnx transpose optimizer no longer gives up on V3 (scalar Add); 7: post-training methods (ptq)
 
 # Runtimes every artifact is checked against (from its operator versions / opset) in the manifest.
 RUNTIMES_CHECKED = {"tflite": ("tflite-runtime==2.14", "ai-edge-litert==2.3"),
@@ -139,6 +139,24 @@ def _build_accuracy_aware(float_model: FloatModel, fmt: Format, calibration: np.
             "search_seconds": round(time.perf_counter() - started, 1), "latency_aware": latency_aware}
 
 
+def _choose_ptq(float_model: FloatModel, fmt: Format, calibration: np.ndarray, settings: QuantizeSettings) -> dict:
+    """Post-training methods for one integer format (``quant/ptq.py``), tried on held-out calibration
+    images on the format's runtime; the choice is kept on ``float_model`` for the conversion. Returns
+    the manifest record."""
+    from edge_mobilenet.convert.quant import ptq
+
+    builder = BUILDERS[fmt.builder]
+    if settings.ptq != ("none",):
+        _log(f"  {fmt.name}: post-training methods ({','.join(settings.ptq)}) on held-out calibration images")
+    choice = ptq.choose(float_model.integer_base(), fmt.runtime, calibration, settings,
+                        lambda model, ranges, images: builder.ptq_trial(model, ranges, images, settings),
+                        builder.qmax, builder.range_methods)
+    float_model.ptq = {**(float_model.ptq or {}), fmt.name: choice}
+    if settings.ptq != ("none",):
+        _log(f"  {fmt.name}: post-training methods kept: {', '.join(choice.record['applied']) or 'none (plain min/max)'}")
+    return choice.record
+
+
 def build_artifact(float_model: FloatModel, fmt: Format, settings: QuantizeSettings,
                    manifest: Manifest, calibration_set, evaluation: EvalSet | None, key: str) -> ArtifactEntry:
     """Convert one artifact with its format's builder, validate it and record it in the manifest.
@@ -151,14 +169,19 @@ def build_artifact(float_model: FloatModel, fmt: Format, settings: QuantizeSetti
     calibration = (calibration_set.inputs(float_model.preprocessing)
                    if fmt.calibrated and calibration_set is not None else None)
     try:
+        ptq = _choose_ptq(float_model, fmt, calibration, settings) if fmt.integer and calibration is not None \
+            else None
         if fmt.integer and settings.target_accuracy is not None:
             record = _build_accuracy_aware(float_model, fmt, calibration, settings, evaluation, staged)
             built = {"convert_seconds": record["search_seconds"],
-                     "recipe": {**builder.recipe(fmt, settings, record["float_nodes"]), "accuracy_aware": record}}
+                     "recipe": {**builder.recipe(fmt, settings, record["float_nodes"], float_model.ptq_ranges(fmt)),
+                                "accuracy_aware": record}}
         else:
             record = None
             built = {**builder.convert(float_model, fmt, calibration, settings, staged),
-                     "recipe": builder.recipe(fmt, settings)}
+                     "recipe": builder.recipe(fmt, settings, ranges=float_model.ptq_ranges(fmt))}
+        if ptq is not None:
+            built["recipe"]["ptq"] = ptq
         met = record is None or record["met"]
         entry = _entry(float_model, fmt, staged, name, calibration_set, key if met else None, built, evaluation)
         manifest.commit(staged, entry)

@@ -17,6 +17,10 @@ from edge_mobilenet.errors import EdgeError
 IO_TYPES = ("int8", "uint8", "float")
 ONNX_ACTIVATION_TYPES = ("uint8", "int8")
 ONNX_CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+# Post-training methods beyond min/max (convert/quant/ptq.py): "auto" tries them on held-out calibration
+# images and keeps what lowers the int8 error; "none" is plain min/max; or name the ones to apply.
+PTQ_METHODS = ("bias-correction", "adaround", "ranges-percentile", "ranges-mse")
+PTQ_MODES = ("auto", "none")
 DEFAULT_CALIBRATION = "calibration_data/digits"
 _BUNDLED_CALIBRATION = Path(__file__).resolve().parents[2] / DEFAULT_CALIBRATION
 
@@ -74,6 +78,7 @@ class QuantizeSettings:
     target_accuracy: AccuracyTarget | None = None  # accuracy-aware int8
     latency_profile: str | None = None  # profile.json of `edge-bench profile`: rank layers by error per ms
     rewrite_hard_swish: bool = True  # express hard-swish with ops XNNPACK's int8 kernels take
+    ptq: tuple[str, ...] = ("auto",)  # post-training methods: ("auto",), ("none",) or PTQ_METHODS members
     progress: bool = True
 
     def __post_init__(self):
@@ -89,6 +94,7 @@ class QuantizeSettings:
             raise EdgeError(f"--count (calibration images) must be >= 1; received {self.calibration.count}")
         if self.calibration.seed < 0:
             raise EdgeError(f"--seed must be >= 0; received {self.calibration.seed}")
+        _check_ptq(self.ptq)
         if self.latency_profile is not None:
             if self.target_accuracy is None:
                 raise EdgeError("--latency-profile ranks the layers of the accuracy-aware search: give "
@@ -112,6 +118,23 @@ class QuantizeSettings:
         return values
 
 
+def parse_ptq(text: str) -> tuple[str, ...]:
+    """``"auto"``, ``"none"`` or methods (``"bias-correction,adaround"``) -> a checked tuple."""
+    names = tuple(dict.fromkeys(n.strip() for n in str(text).split(",") if n.strip()))
+    _check_ptq(names)
+    return names
+
+
+def _check_ptq(names: tuple[str, ...]) -> None:
+    allowed = PTQ_MODES + PTQ_METHODS
+    unknown = [n for n in names if n not in allowed]
+    if not names or unknown:
+        raise EdgeError(f"ptq {unknown[0] if unknown else ''!r} is not a post-training method; choose auto, "
+                        f"none, or one or more of {', '.join(PTQ_METHODS)} (comma-separated)")
+    if len(names) > 1 and set(names) & set(PTQ_MODES):
+        raise EdgeError(f"ptq {','.join(names)!r}: auto and none stand alone; list methods without them")
+
+
 # Override keys that are not QuantizeSettings fields: they set the calibration source's parts.
 CALIBRATION_KEYS = {"calibration": "folder", "count": "count", "seed": "seed", "skip_corrupt": "skip_corrupt"}
 
@@ -127,6 +150,8 @@ def merge(base: QuantizeSettings, overrides: dict) -> QuantizeSettings:
                                           if k in CALIBRATION_KEYS})
     if isinstance(given.get("formats"), str):
         given["formats"] = tuple(f.name for f in parse_formats(given["formats"]))
+    if isinstance(given.get("ptq"), str):
+        given["ptq"] = parse_ptq(given["ptq"])
     if isinstance(given.get("target_accuracy"), str):
         given["target_accuracy"] = parse_target(given["target_accuracy"])
     return replace(base, calibration=source, **given)

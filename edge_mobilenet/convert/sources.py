@@ -61,11 +61,25 @@ class FloatModel:
                                    "max_abs_diff": report.get("max_abs_diff")}
 
     int8_model: object = None  # the model int8 formats convert: hard-swish rewritten where it applies
+    ptq: dict = None  # format name -> quant.ptq.PtqChoice: the post-training methods it is built with
     _exports: dict = None
 
     def model_for(self, fmt: Format):
-        """Integer formats take the rewritten graph; float formats keep the stock one (faster in float)."""
+        """Integer formats take the rewritten graph (with their post-training weight methods applied, if
+        any); float formats keep the stock one (faster in float)."""
+        choice = (self.ptq or {}).get(fmt.name)
+        if choice is not None and choice.model is not None:
+            return choice.model
         return self.int8_model if fmt.integer and self.int8_model is not None else self.model
+
+    def integer_base(self):
+        """The model integer formats convert before any post-training method."""
+        return self.int8_model if self.int8_model is not None else self.model
+
+    def ptq_ranges(self, fmt: Format) -> str | None:
+        """The activation range estimator chosen for ``fmt`` (None: min/max)."""
+        choice = (self.ptq or {}).get(fmt.name)
+        return choice.ranges if choice is not None else None
 
     def _export(self, fmt: Format, kind: str, write) -> Path:
         """``write(model, folder)`` once per (model, kind) into a temporary folder removed by close()."""

@@ -107,13 +107,19 @@ def layer_errors(saved_model_dir: str, calibration: np.ndarray, debug_inputs: np
 class SelectiveQuantizer:
     """Calibrate once; produce int8 models with any set of nodes kept in float."""
 
-    def __init__(self, saved_model_dir: str, calibration: np.ndarray, io: str = "int8"):
+    def __init__(self, saved_model_dir: str, calibration: np.ndarray, io: str = "int8", ranges: str | None = None):
+        """``ranges``: an activation range estimator of ``quant/ranges.py`` (percentile, mse) whose
+        estimates on ``calibration`` replace the calibrated min/max before quantizing; None keeps them."""
         import tensorflow as tf
 
         converter = _int8_converter(saved_model_dir, calibration)
         converter._experimental_calibrate_only = True
         with native_noise_filtered():
             self.calibrated = converter.convert()
+        if ranges is not None:
+            from edge_mobilenet.convert.quant.ranges import estimate_ranges, with_ranges
+
+            self.calibrated = with_ranges(self.calibrated, estimate_ranges(self.calibrated, calibration, ranges))
         self.io_dtype = {"int8": tf.int8, "uint8": tf.uint8, "float": tf.float32}[io]
 
     def quantize(self, float_nodes=()) -> bytes:
