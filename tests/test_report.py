@@ -162,6 +162,21 @@ def test_reports_say_whether_int8_pays(tmp_path, int8, expected):
         assert "fastest here: fp16 (7 ms)" in line
 
 
+def test_reports_say_whether_the_top1_change_is_within_noise(tmp_path):
+    """bench pairs each int8 run with float on the same images; the report carries the verdict."""
+    def paired(run, low, high):
+        return replace(run, accuracy={**run.accuracy, "paired": {
+            "count": 800, "confidence": 0.95, "delta_ci": [low, high], "within_noise": low <= 0 <= high}})
+
+    runs = [_run("fp32", 10.0, 0.90, 0.0), paired(_run("int8", 4.0, 0.895, -0.005), -0.011, 0.002),
+            paired(_run("onnx", 12.0, 0.90, 0.0), 0.0, 0.0), paired(_run("onnx-int8", 6.0, 0.87, -0.03), -0.045, -0.015)]
+    text = write_report(_write(tmp_path / "r.json", runs), tmp_path / "out")[0].read_text()
+    table = {line.split(" | ")[1]: line for line in text.splitlines() if line.startswith("| mobilenet")}
+    assert "Δ top-1 within noise (95% CI -1.1 to +0.2 pt, 800 images)" in table["int8"]
+    assert "Δ top-1 beyond noise (95% CI -4.5 to -1.5 pt, 800 images)" in table["onnx-int8"]
+    assert "Δ top-1" not in table["onnx"]  # a float baseline is not compared with itself
+
+
 def test_no_int8_verdict_on_an_emulated_board(results, tmp_path):
     text = write_report(results, tmp_path / "out")[0].read_text()
     pi = text.split("\n## pi")[1]

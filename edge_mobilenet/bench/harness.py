@@ -146,7 +146,19 @@ def accuracy(outputs: np.ndarray | None, labels: np.ndarray | None, offset: int,
                       delta_top1_vs_float=round(record["top1"] - base_top1, 4),
                       agreement_with_float=round(metrics.agreement(outputs, baseline), 4),
                       output_snr_db=round(10 * np.log10(float(np.sum(baseline ** 2)) / noise), 2) if noise > 0 else None)
+        record["paired"] = _paired(baseline, outputs, labels, offset)
     return record
+
+
+def _paired(baseline: np.ndarray, outputs: np.ndarray, labels: np.ndarray, offset: int) -> dict | None:
+    """The paired comparison with float on the same images (delta top-1 with its bootstrap CI, McNemar)."""
+    from edge_mobilenet.contracts.paired import paired_fidelity
+    from edge_mobilenet.errors import EdgeError
+
+    try:
+        return paired_fidelity(baseline, outputs, labels, offset).to_dict()
+    except EdgeError:  # a float baseline with non-finite outputs: nothing to pair with
+        return None
 
 
 def commit_info() -> dict:

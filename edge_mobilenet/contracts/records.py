@@ -381,8 +381,9 @@ class RunRecord:
                 raise (where / "latency").fail("is missing from a run with status ok")
             get(latency, "p50_ms", where / "latency", (float,))
         accuracy = get(data, "accuracy", where, _OPTIONAL_DICT, None)
-        for name, value in (accuracy or {}).items():
-            check(value, where / "accuracy" / name, (float, int, type(None)))
+        for name, value in (accuracy or {}).items():  # numbers, and the paired comparison's object
+            check(value, where / "accuracy" / name, (dict, type(None)) if name == "paired"
+                  else (float, int, type(None)))
         optional = {k: get(data, k, where, _OPTIONAL_DICT, None)
                     for k in ("device", "runtime", "memory", "commit", "tool_versions", "profile")}
         return cls(

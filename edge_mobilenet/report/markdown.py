@@ -64,6 +64,18 @@ def split_flag(run: RunRecord) -> str:
     return f"⚠ split: {outside or str(runtime.get('partitions')) + ' partitions'}"
 
 
+def paired_note(run: RunRecord) -> str:
+    """``Δ top-1 within noise (95% CI -0.9 to +0.4 pt, 800 images)`` from the paired comparison."""
+    paired = (run.accuracy or {}).get("paired") if run.status == "ok" and run.format != run.baseline_format \
+        else None
+    if not isinstance(paired, dict) or not isinstance(paired.get("delta_ci"), (list, tuple)):
+        return ""
+    low, high = (100 * float(v) for v in paired["delta_ci"])
+    verdict = "within noise" if paired.get("within_noise") else "beyond noise"
+    return (f"Δ top-1 {verdict} ({100 * paired.get('confidence', 0.95):.0f}% CI {low:+.1f} to {high:+.1f} pt, "
+            f"{paired.get('count')} images)")
+
+
 def notes(row: RunRow) -> str:
     run = row.run
     if run.status != "ok":
@@ -71,7 +83,7 @@ def notes(row: RunRow) -> str:
     ratio = res.interleaved_ratio(run)
     interleaved = (f"interleaved {ratio['median']:.2f}× float time (IQR {ratio['q1']:.2f}–{ratio['q3']:.2f})"
                    if ratio and ratio["baseline"] != run.artifact else "")
-    found = [split_flag(run), row.baseline_note or "", interleaved]
+    found = [split_flag(run), row.baseline_note or "", interleaved, paired_note(run)]
     if run.valid is False:
         found.append("INVALID: the device throttled during the run")
     return "; ".join(n for n in found if n)
