@@ -6,7 +6,7 @@
    the median with its IQR. Target: <= 2%.
 2. int8/fp32 ratios for MobileNetV1, V2, V3-Small and V3-Large at 224 (alpha 1.0), LiteRT (XNNPACK)
    and ONNX Runtime (U8S8 QDQ), 1 thread, as `edge-bench quantize` makes them (V3 hard-swish
-   rewritten): `edge-bench bench --rounds R` times the artifacts of each source model in alternating
+   rewritten, plain min/max: `--ptq none`, latency only): `edge-bench bench --rounds R` times the artifacts of each source model in alternating
    rounds in one process and reports each artifact's median per-round ratio to its float baseline with
    the IQR. Done ``--repeats`` times in a row; target: every ratio agrees within 0.05 between runs.
    No pretrained V3 exists offline: weights are random, with every BatchNormalization's statistics set
@@ -46,7 +46,8 @@ def make_artifacts(folder: Path) -> None:
     for model in MODELS:
         subprocess.run([sys.executable, "-m", "edge_mobilenet.cli", "quantize", "--quiet", "--model", model,
                         "--size", "224", "--formats", "fp32,int8,onnx,onnx-int8",
-                        "--calibration", str(calibration_folder()), "--count", "64", "--output", str(folder)],
+                        "--calibration", str(calibration_folder()), "--count", "64", "--ptq", "none",
+                        "--output", str(folder)],
                        check=True, cwd=REPO)
 
 

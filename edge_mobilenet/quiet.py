@@ -19,6 +19,7 @@ from typing import Iterator
 NOISE = re.compile(
     r"^(INFO: Created TensorFlow Lite XNNPACK delegate|fully_quantize: \d|WARNING: All log messages before "
     r"absl::InitializeLog|I0000 00:00:\d+\.\d+\s+\d+ (port\.cc|cpu_feature_guard|tf_tfl_flatbuffer_helpers)|"
+    r"To enable the following instructions: .* rebuild TensorFlow|"
     r"Estimated count of arithmetic ops|INFO: Initialized TensorFlow Lite runtime)")
 
 

@@ -195,7 +195,10 @@ def _load_legacy_h5(path: Path):
 
 def train_model(settings: TrainSettings) -> dict:
     """Train, save ``<output>/<name>.keras`` and ``<name>.metrics.json``; return the metrics."""
-    import keras
+    from edge_mobilenet.quiet import native_noise_filtered
+
+    with native_noise_filtered():  # TensorFlow's import notices (oneDNN, CPU features)
+        import keras
 
     from edge_mobilenet.data.preprocess import get_preprocessing
     from edge_mobilenet.models.registry import get_entry

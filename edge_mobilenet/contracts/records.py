@@ -132,12 +132,14 @@ class Validation:
     max_abs_diff_vs_float: float
     metrics: dict[str, float] = field(default_factory=dict)  # e.g. {"top1": 0.93}
     float_metrics: dict[str, float] = field(default_factory=dict)
+    paired: dict | None = None  # contracts.paired.PairedFidelity.to_dict() against float, same images
 
     def to_json(self) -> dict:
-        return {"eval_images": self.eval_images, "eval_set": self.eval_set,
+        data = {"eval_images": self.eval_images, "eval_set": self.eval_set,
                 "top1_agreement_with_float": self.agreement_with_float,
                 "max_abs_diff_vs_float": self.max_abs_diff_vs_float,
                 "metrics": dict(self.metrics), "float_metrics": dict(self.float_metrics)}
+        return {**data, "paired": dict(self.paired)} if self.paired is not None else data
 
     @classmethod
     def from_json(cls, data: Any, where: Where) -> "Validation":
@@ -145,7 +147,8 @@ class Validation:
         return cls(get(data, "eval_images", where, (int,)), get(data, "eval_set", where, (str,), ""),
                    get(data, "top1_agreement_with_float", where, (float,)),
                    get(data, "max_abs_diff_vs_float", where, (float,)),
-                   _metrics(data, "metrics", where), _metrics(data, "float_metrics", where))
+                   _metrics(data, "metrics", where), _metrics(data, "float_metrics", where),
+                   get(data, "paired", where, (dict, type(None)), None))
 
 
 def _metrics(data: dict, key: str, where: Where) -> dict[str, float]:

@@ -76,9 +76,11 @@ def _line(entry: ArtifactEntry, status: str) -> str:
     validation = entry.validation
     agreement = validation.agreement_with_float if validation else None
     top1 = validation.metrics.get("top1") if validation else None
+    snr = (validation.paired or {}).get("snr_db") if validation and entry.format not in ("fp32", "onnx") else None
     return (f"  {entry.format:9s} {status:6s} {entry.size_bytes / 1024:9.1f} KiB"
             f"  {entry.facts.get('convert_seconds', 0):6.1f} s"
             + (f"  top-1 agreement {agreement:.4f}" if agreement is not None else "")
+            + (f"  SNR {float(snr):.1f} dB" if isinstance(snr, (int, float)) else "")
             + (f"  top-1 {top1:.4f}" if top1 is not None else "")
             + f"  {entry.file}")
 

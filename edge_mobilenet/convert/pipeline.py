@@ -56,7 +56,20 @@ def _validation(outputs: np.ndarray, evaluation: EvalSet, float_model: FloatMode
                                                   evaluation.label_offset)
     return Validation(int(len(outputs)), evaluation.description,
                       round(metrics.agreement(outputs, evaluation.float_outputs), 4),
-                      float(np.max(np.abs(outputs - evaluation.float_outputs))), measured, baseline)
+                      float(np.max(np.abs(outputs - evaluation.float_outputs))), measured, baseline,
+                      _paired(outputs, evaluation, float_model))
+
+
+def _paired(outputs: np.ndarray, evaluation: EvalSet, float_model: FloatModel) -> dict | None:
+    """Paired with float on the same images: SNR, KL, agreement and, with labels, delta top-1 with its CI."""
+    from edge_mobilenet.contracts.paired import paired_fidelity
+
+    labelled = evaluation.labels is not None and float_model.trained_weights
+    try:
+        return paired_fidelity(evaluation.float_outputs.reshape(len(outputs), -1), outputs.reshape(len(outputs), -1),
+                               evaluation.labels if labelled else None, evaluation.label_offset).to_dict()
+    except EdgeError:  # non-finite float outputs: nothing to pair with
+        return None
 
 
 def _compatibility(path: Path, runtime: str) -> dict:

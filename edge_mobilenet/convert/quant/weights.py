@@ -195,7 +195,7 @@ def _round(values: np.ndarray) -> np.ndarray:
     return np.sign(values) * np.floor(np.abs(values) + 0.5)
 
 
-def tflite_weight_grid(layer, kernel=None) -> tuple[np.ndarray, int | tuple[int, int]]:
+def tflite_weight_grid(layer, kernel=None, qmax: int = QMAX) -> tuple[np.ndarray, int | tuple[int, int]]:
     """(scale, axis): the int8 grid TFLite's full-integer converter puts ``layer``'s kernel on
     (``kernel`` instead of the layer's own if given; pass a folded kernel, the converter folds BN).
 
@@ -205,12 +205,14 @@ def tflite_weight_grid(layer, kernel=None) -> tuple[np.ndarray, int | tuple[int,
     checked on 2.21), DepthwiseConv2D 2 ([h,w,in,1]) or (2, 3) with a depth multiplier (channel
     in * m + j, as TFLite orders them). ``scale`` has one entry per output channel, computed in
     float32 as the converter does (float32(max|w|) / 127, the value stored in the file).
+    ``qmax`` 64: ONNX Runtime's per-channel int8 weights with reduce_range (q in [-64, 64], scale
+    max|w| / 64), the grid of our ONNX int8 artifacts.
     """
     kind = _kind(layer)
     if kind is None:
         raise EdgeError(f"{layer.name}: not a Conv2D / DepthwiseConv2D / Dense layer this module handles")
     columns = _columns(layer, layer.kernel if kernel is None else kernel).astype(np.float32)
-    scale = (np.max(np.abs(columns), axis=0) / np.float32(QMAX)).astype(np.float64)
+    scale = (np.max(np.abs(columns), axis=0) / np.float32(qmax)).astype(np.float64)
     if kind == "Conv2D":
         return scale, 3
     if kind == "Dense":
@@ -218,14 +220,14 @@ def tflite_weight_grid(layer, kernel=None) -> tuple[np.ndarray, int | tuple[int,
     return scale, 2 if layer.depth_multiplier == 1 else (2, 3)
 
 
-def _nearest_q(layer, kernel=None) -> tuple[np.ndarray, np.ndarray]:
+def _nearest_q(layer, kernel=None, qmax: int = QMAX) -> tuple[np.ndarray, np.ndarray]:
     """(q columns [K, O], scale [O]): what the converter makes of the kernel. Its arithmetic is
     float32, w * (1 / s) (checked weight by weight: plain float64 w / s differs on weights a hair
     from a half step)."""
     columns = _columns(layer, layer.kernel if kernel is None else kernel).astype(np.float32)
-    scale, _ = tflite_weight_grid(layer, kernel)
+    scale, _ = tflite_weight_grid(layer, kernel, qmax)
     inverse = np.float32(1) / np.where(scale > 0, scale, 1.0).astype(np.float32)
-    return np.clip(_round((columns * inverse).astype(np.float64)), -QMAX, QMAX), scale
+    return np.clip(_round((columns * inverse).astype(np.float64)), -qmax, qmax), scale
 
 
 def _set_kernel(layer, q: np.ndarray, scale: np.ndarray) -> None:
@@ -233,9 +235,9 @@ def _set_kernel(layer, q: np.ndarray, scale: np.ndarray) -> None:
     layer.kernel.assign((q * scale).astype(np.float32).reshape(tuple(layer.kernel.shape)))
 
 
-def snap_to_grid(layer) -> None:
+def snap_to_grid(layer, qmax: int = QMAX) -> None:
     """Put ``layer``'s kernel on its int8 grid (round to nearest): what the converter will do anyway."""
-    _set_kernel(layer, *_nearest_q(layer))
+    _set_kernel(layer, *_nearest_q(layer, qmax=qmax))
 
 
 # -- reading the converted file ---------------------------------------------------------------------
@@ -367,7 +369,7 @@ def _targets(graph, layers) -> list:
 
 # -- bias correction ---------------------------------------------------------------------------------
 
-def bias_correct(model, calibration_inputs: np.ndarray, layers=None, reference=None):
+def bias_correct(model, calibration_inputs: np.ndarray, layers=None, reference=None, qmax: int = QMAX):
     """Empirical bias correction (Nagel et al. 2019, "Data-Free Quantization", sec. 4.2): returns
     ``(model, report)``.
 
@@ -383,6 +385,7 @@ def bias_correct(model, calibration_inputs: np.ndarray, layers=None, reference=N
     converter quantizes them afterwards). Layers without a bias are left alone (reported).
 
     report: ``{layer: {"mean_abs_shift", "max_abs_shift"}}`` of the correction (or ``{"skipped"}``).
+    ``qmax``: the grid (see :func:`tflite_weight_grid`).
     """
     import keras
 
@@ -392,7 +395,7 @@ def bias_correct(model, calibration_inputs: np.ndarray, layers=None, reference=N
     by_name = {layer.name: layer for layer in new_graph.layers}
     for layer in new_graph.layers:
         if _kind(layer):
-            snap_to_grid(layer)
+            snap_to_grid(layer, qmax)
     targets = {layer.name for layer in _targets(new_graph, layers)}
     report = {}
 
@@ -438,6 +441,7 @@ class AdaRoundSettings:
     warmup: float = 0.2  # share of iterations without the rounding regulariser
     beta: tuple[float, float] = (20.0, 2.0)
     seed: int = 0
+    qmax: int = QMAX  # the grid's largest q (64: ONNX Runtime's reduce_range weights)
 
 
 def _patches(layer, x, count: int, rng) -> np.ndarray:
@@ -499,7 +503,7 @@ def _learned_rounding(weights, q_near, scale, gram: _Gram, settings: AdaRoundSet
     float32 numpy, gradients by hand."""
     fixed = (np.abs(weights) >= np.max(np.abs(weights), axis=0)) | (scale == 0)
     ratio = weights / np.where(scale > 0, scale, 1.0)
-    base = np.clip(np.floor(ratio), -QMAX, QMAX - 1)
+    base = np.clip(np.floor(ratio), -settings.qmax, settings.qmax - 1)
     start = (np.clip(ratio - base, 0, 1) - GAMMA) / (ZETA - GAMMA)
     v = np.log(start / (1 - start)).astype(np.float32)
     offset = (weights - np.where(fixed, q_near, base) * scale).astype(np.float32)  # W - s * floor
@@ -560,7 +564,7 @@ def _adaround_layer(reference, layer, x, settings: AdaRoundSettings, rng) -> dic
     patches = _patches(reference, x, settings.patches, rng)
     gram = _Gram(reference, patches)
     weights = _columns(reference, reference.kernel).astype(np.float64)
-    q_near, scale = _nearest_q(reference)
+    q_near, scale = _nearest_q(reference, qmax=settings.qmax)
     q = q_near
     if gram.mse(weights - q_near * scale) > 0:  # else already on the grid: nothing to learn
         with _one_blas_thread():
@@ -611,7 +615,7 @@ def adaround(model, calibration_inputs: np.ndarray, layers=None, iterations: int
 
     _run(graph, inputs, 1, visit)
     if bias_correction:
-        new, corrected = bias_correct(new, inputs, sorted(targets), reference=folded)
+        new, corrected = bias_correct(new, inputs, sorted(targets), reference=folded, qmax=settings.qmax)
         for name, entry in corrected.items():
             report[name]["bias_correction"] = entry
     return new, report

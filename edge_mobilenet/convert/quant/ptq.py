@@ -1,0 +1,160 @@
+"""Post-training int8 methods beyond min/max, chosen per artifact on held-out calibration images.
+
+The calibration images are split: the first part calibrates (and feeds the weight methods), the last
+``HELD_OUT_SHARE`` is held out. Each candidate is a real int8 artifact on its own runtime (LiteRT or
+ONNX Runtime) whose outputs on the held-out images are paired with the float model's on the same images
+(``contracts/paired.py``: output SNR, then KL). With ``--ptq auto``:
+
+1. weights: plain (round to nearest), bias correction, AdaRound, AdaRound + bias correction
+   (``quant/weights.py``; the kernels put exactly on the runtime's int8 grid, so the converter keeps
+   them); the best by paired fidelity is kept;
+2. activation ranges on those weights: min/max, percentile, MSE-optimal (TFLite: our estimates written
+   into the calibrated model, ``quant/ranges.py``; ONNX: ONNX Runtime's percentile and entropy
+   calibration);
+a method is kept only when it beats what it would replace; when nothing does, the artifact is the plain
+one, byte for byte. Naming methods (``--ptq bias-correction,ranges-mse``) applies them without the
+contest; ``--ptq none`` is plain min/max. Every trial's fidelity goes into the manifest.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edge_mobilenet.convert.settings import PTQ_METHODS, QuantizeSettings
+
+HELD_OUT_SHARE = 0.25
+MIN_HELD_OUT = 8
+MIN_CALIBRATION = 8  # fewer calibration images than this: nothing to hold out, plain min/max
+WEIGHT_METHODS = ("bias-correction", "adaround")
+RANGE_METHODS = {"ranges-percentile": "percentile", "ranges-mse": "mse"}
+
+
+@dataclass
+class PtqChoice:
+    """What one integer format is built with: a replacement float model (None: the usual one), the
+    activation range estimator (None: min/max) and the record for the manifest."""
+
+    model: object | None = None
+    ranges: str | None = None
+    record: dict = field(default_factory=dict)
+
+    @property
+    def plain(self) -> bool:
+        return self.model is None and self.ranges is None
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def split(calibration: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(calibrating, held out) images, or None when there are too few to hold any out."""
+    held = max(MIN_HELD_OUT, int(round(len(calibration) * HELD_OUT_SHARE)))
+    if len(calibration) - held < MIN_CALIBRATION:
+        return None
+    return calibration[:-held], calibration[-held:]
+
+
+def weight_model(base, method: tuple[str, ...], images: np.ndarray, qmax: int):
+    """``base`` with the weight methods applied (folded, kernels on the int8 grid), and their report."""
+    from edge_mobilenet.convert.quant import weights
+
+    if "adaround" in method:
+        return weights.adaround(base, images, bias_correction="bias-correction" in method, qmax=qmax)
+    return weights.bias_correct(base, images, qmax=qmax)
+
+
+class Contest:
+    """Runs candidates through ``trial(model, ranges, images) -> int8 artifact`` and scores them on the
+    held-out images against the float outputs."""
+
+    def __init__(self, trial, runtime: str, base, calibrating: np.ndarray, held: np.ndarray):
+        self.trial, self.runtime, self.base = trial, runtime, base
+        self.calibrating, self.held = calibrating, held
+        self.reference = np.asarray(base.predict(held, batch_size=32, verbose=0))
+        self.trials: list[dict] = []
+
+    def score(self, name: str, model, ranges: str | None):
+        from edge_mobilenet.contracts.paired import paired_fidelity
+        from edge_mobilenet.runtimes.sessions import run_artifact
+
+        started = time.perf_counter()
+        artifact = self.trial(model if model is not None else self.base, ranges, self.calibrating)
+        fidelity = paired_fidelity(self.reference, run_artifact(artifact, self.runtime, self.held))
+        self.trials.append({"methods": name, **fidelity.to_dict(), "seconds": round(time.perf_counter() - started, 2)})
+        _log(f"    ptq {name:32s} held-out SNR {fidelity.snr_db:6.2f} dB, KL {fidelity.kl:.4g}, "
+             f"agreement {fidelity.agreement:.3f}")
+        return fidelity
+
+
+def _best(scored: list[tuple[str, object, object]]):
+    """The (name, payload, fidelity) that wins on paired fidelity; earlier (simpler) ones win ties."""
+    from edge_mobilenet.contracts.paired import better
+
+    best = scored[0]
+    for candidate in scored[1:]:
+        if better(candidate[2], best[2]):
+            best = candidate
+    return best
+
+
+def choose(base, runtime: str, calibration: np.ndarray, settings: QuantizeSettings, trial, qmax: int,
+           range_methods: dict[str, str]) -> PtqChoice:
+    """The PtqChoice for one integer format (see the module docstring). ``trial(model, ranges, images)``
+    converts a candidate; ``range_methods`` maps our method names to the runtime's estimators."""
+    wanted = PTQ_METHODS if settings.ptq == ("auto",) else settings.ptq
+    parts = split(calibration)
+    if settings.ptq == ("none",) or parts is None:
+        reason = "--ptq none" if parts else f"{len(calibration)} calibration images: too few to hold any out"
+        return PtqChoice(record={"requested": list(settings.ptq), "applied": [], "note": reason})
+    started = time.perf_counter()
+    contest = Contest(trial, runtime, base, *parts)
+    if settings.ptq != ("auto",):
+        return _forced(contest, wanted, qmax, range_methods, started)
+    weight_options = [("plain", None, ())] + [(n, None, m) for n, m in _weight_candidates(wanted)]
+    scored = []
+    for name, _, method in weight_options:
+        model = None if not method else weight_model(base, method, contest.calibrating, qmax)[0]
+        scored.append((name, model, contest.score(name, model, None)))
+    weights_name, model, fidelity = _best(scored)
+    scored = [(weights_name, None, fidelity)]
+    for name, estimator in range_methods.items():
+        if name in wanted:
+            label = f"{name}" if weights_name == "plain" else f"{weights_name}+{name}"
+            scored.append((label, estimator, contest.score(label, model, estimator)))
+    label, ranges, fidelity = _best(scored)
+    applied = [] if label == "plain" else label.split("+")
+    return PtqChoice(model, ranges, _record(settings, applied, contest, started))
+
+
+def _weight_candidates(wanted: tuple[str, ...]) -> list[tuple[str, tuple[str, ...]]]:
+    found = [(m, (m,)) for m in WEIGHT_METHODS if m in wanted]
+    if all(m in wanted for m in WEIGHT_METHODS):
+        found.append(("adaround+bias-correction", WEIGHT_METHODS))
+    return found
+
+
+def _forced(contest: Contest, wanted, qmax: int, range_methods: dict[str, str], started: float) -> PtqChoice:
+    """Apply the named methods (no contest); plain and the result are both scored for the record."""
+    method = tuple(m for m in WEIGHT_METHODS if m in wanted)
+    model = weight_model(contest.base, method, contest.calibrating, qmax)[0] if method else None
+    ranges = next((range_methods[m] for m in wanted if m in range_methods), None)
+    contest.score("plain", None, None)
+    contest.score("+".join(wanted), model, ranges)
+    return PtqChoice(model, ranges, _record_forced(wanted, contest, started))
+
+
+def _record(settings: QuantizeSettings, applied: list[str], contest: Contest, started: float) -> dict:
+    return {"requested": list(settings.ptq), "applied": applied,
+            "held_out_images": int(len(contest.held)), "calibration_images": int(len(contest.calibrating)),
+            "trials": contest.trials, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def _record_forced(wanted, contest: Contest, started: float) -> dict:
+    return {"requested": list(wanted), "applied": list(wanted), "held_out_images": int(len(contest.held)),
+            "calibration_images": int(len(contest.calibrating)), "trials": contest.trials,
+            "seconds": round(time.perf_counter() - started, 1)}
