@@ -20,6 +20,7 @@ from edge_mobilenet.fileio import read_toml
 
 TOP_KEYS = {"name": (str,), "output": (str,), "formats": (list,), "devices": (list,), "threads": (list,),
             "io": (str,), "onnx_activation_type": (str,), "onnx_calibration_method": (str,), "eval": (str,),
+            "ptq": (str,),
             "eval_count": (int,), "calibration": (dict,), "bench": (dict,), "retry": (dict,), "model": (list,)}
 CALIBRATION_KEYS = {"folder": (str,), "count": (int,), "seed": (int,), "skip_corrupt": (bool,)}
 BENCH_KEYS = {"warmup_runs": (int,), "warmup_seconds": (float,), "min_runs": (int,), "min_seconds": (float,),
@@ -153,7 +154,7 @@ def _variants(row, where: Where, formats: tuple[str, ...], stages) -> list[Varia
 def _quantize_overrides(data: dict) -> dict:
     calibration = data.get("calibration", {})
     overrides = {key: data.get(key) for key in ("io", "onnx_activation_type", "onnx_calibration_method",
-                                                "eval_count")}
+                                                "eval_count", "ptq")}
     overrides.update(eval_dir=data.get("eval"),
                      **{k: calibration.get(v) for k, v in (("calibration", "folder"), ("count", "count"),
                                                             ("seed", "seed"), ("skip_corrupt", "skip_corrupt"))})
