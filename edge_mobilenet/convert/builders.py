@@ -99,10 +99,11 @@ class OnnxQdqBuilder:
     """Int8 QDQ ONNX through ONNX Runtime's static quantizer, from the float ONNX export."""
 
     # post-training methods (quant/ptq.py): ONNX Runtime's weight grid with reduce_range (q in [-64, 64],
-    # scale max|w|/64) and its own calibration methods for the activation ranges (entropy: KL-optimal,
-    # ONNX Runtime's nearest to an error-minimising range)
+    # scale max|w|/64) and its percentile calibration for the activation ranges. No MSE estimator here:
+    # ONNX Runtime 1.31's entropy calibration wrote minmax's very bytes (checked on V1 and V2), so
+    # ranges-mse is TFLite only.
     qmax = 64
-    range_methods = {"ranges-percentile": "percentile", "ranges-mse": "entropy"}
+    range_methods = {"ranges-percentile": "percentile"}
 
     @staticmethod
     def options(settings: QuantizeSettings, float_nodes=(), ranges: str | None = None):

@@ -9,10 +9,9 @@ ONNX Runtime) whose outputs on the held-out images are paired with the float mod
    (``quant/weights.py``; the kernels put exactly on the runtime's int8 grid, so the converter keeps
    them); the best by paired fidelity is kept;
 2. activation ranges on those weights: min/max, percentile, MSE-optimal (TFLite: our estimates written
-   into the calibrated model, ``quant/ranges.py``; ONNX: ONNX Runtime's percentile and entropy
-   calibration);
-a method is kept only when it beats what it would replace; when nothing does, the artifact is the plain
-one, byte for byte. Naming methods (``--ptq bias-correction,ranges-mse``) applies them without the
+   into the calibrated model, ``quant/ranges.py``; ONNX: ONNX Runtime's percentile calibration, no MSE);
+a method is kept only when it beats what it would replace by ``MIN_GAIN_DB`` of SNR without a higher KL;
+when nothing does, the artifact is the plain one, byte for byte. Naming methods (``--ptq bias-correction,ranges-mse``) applies them without the
 contest; ``--ptq none`` is plain min/max. Every trial's fidelity goes into the manifest.
 """
 
@@ -29,6 +28,7 @@ from edge_mobilenet.convert.settings import PTQ_METHODS, QuantizeSettings
 HELD_OUT_SHARE = 0.25
 MIN_HELD_OUT = 8
 MIN_CALIBRATION = 8  # fewer calibration images than this: nothing to hold out, plain min/max
+MIN_GAIN_DB = 0.5  # output SNR a method must add on the held-out images to be kept
 WEIGHT_METHODS = ("bias-correction", "adaround")
 RANGE_METHODS = {"ranges-percentile": "percentile", "ranges-mse": "mse"}
 
@@ -92,12 +92,12 @@ class Contest:
 
 
 def _best(scored: list[tuple[str, object, object]]):
-    """The (name, payload, fidelity) that wins on paired fidelity; earlier (simpler) ones win ties."""
-    from edge_mobilenet.contracts.paired import better
-
+    """The (name, payload, fidelity) that wins on paired fidelity: a later (more elaborate) candidate
+    replaces the incumbent only with ``MIN_GAIN_DB`` more output SNR and no higher KL, so a method is
+    not kept for a difference a few dozen held-out images can't tell from noise."""
     best = scored[0]
     for candidate in scored[1:]:
-        if better(candidate[2], best[2]):
+        if candidate[2].snr_db >= best[2].snr_db + MIN_GAIN_DB and candidate[2].kl <= best[2].kl:
             best = candidate
     return best
 
@@ -143,9 +143,16 @@ def _forced(contest: Contest, wanted, qmax: int, range_methods: dict[str, str], 
     method = tuple(m for m in WEIGHT_METHODS if m in wanted)
     model = weight_model(contest.base, method, contest.calibrating, qmax)[0] if method else None
     ranges = next((range_methods[m] for m in wanted if m in range_methods), None)
+    applied = [m for m in wanted if m in WEIGHT_METHODS or m in range_methods]
     contest.score("plain", None, None)
-    contest.score("+".join(wanted), model, ranges)
-    return PtqChoice(model, ranges, _record_forced(wanted, contest, started))
+    if applied:
+        contest.score("+".join(applied), model, ranges)
+    record = _record_forced(applied, contest, started)
+    unavailable = [m for m in wanted if m not in applied]
+    if unavailable:  # e.g. ranges-mse on ONNX Runtime
+        record["unavailable"] = unavailable
+        _log(f"    ptq {', '.join(unavailable)}: not available on {contest.runtime}; not applied")
+    return PtqChoice(model, ranges, {**record, "requested": list(wanted)})
 
 
 def _record(settings: QuantizeSettings, applied: list[str], contest: Contest, started: float) -> dict:
