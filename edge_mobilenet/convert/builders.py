@@ -59,14 +59,27 @@ class TFLiteBuilder:
         write_bytes_atomic(target, flatbuffer)
         return {"convert_seconds": round(seconds, 2)}
 
-    def ptq_trial(self, model, ranges: str | None, images: np.ndarray, settings: QuantizeSettings) -> bytes:
-        """One post-training candidate as an int8 flatbuffer (calibrated on ``images``)."""
+    def ptq_trial(self, model, ranges: str | None, images: np.ndarray, settings: QuantizeSettings,
+                  cache: dict) -> bytes:
+        """One post-training candidate as an int8 flatbuffer (calibrated on ``images``). ``cache`` keeps
+        each model's calibrated form for the contest, so range estimators don't export and calibrate again."""
+        from edge_mobilenet.convert.quant.ranges import estimate_ranges, with_ranges
         from edge_mobilenet.convert.quant.tflite_debug import SelectiveQuantizer
         from edge_mobilenet.convert.tflite import export_saved_model
 
-        with tempfile.TemporaryDirectory(prefix="edge-ptq-") as folder:
-            export_saved_model(model, folder)
-            return SelectiveQuantizer(folder, images, settings.io, ranges).quantize([])
+        if id(model) not in cache:
+            with tempfile.TemporaryDirectory(prefix="edge-ptq-") as folder:
+                export_saved_model(model, folder)
+                cache[id(model)] = (model, SelectiveQuantizer(folder, images, settings.io))
+        quantizer = cache[id(model)][1]
+        if ranges is None:
+            return quantizer.quantize([])
+        calibrated = quantizer.calibrated
+        try:
+            quantizer.calibrated = with_ranges(calibrated, estimate_ranges(calibrated, images, ranges))
+            return quantizer.quantize([])
+        finally:
+            quantizer.calibrated = calibrated
 
     def selective(self, float_model: FloatModel, fmt: Format, calibration: np.ndarray,
                   settings: QuantizeSettings, evaluation: EvalSet):
@@ -126,14 +139,19 @@ class OnnxQdqBuilder:
                               self.options(settings, ranges=float_model.ptq_ranges(fmt)))
         return {"convert_seconds": round(time.perf_counter() - started, 2), "onnx": facts}
 
-    def ptq_trial(self, model, ranges: str | None, images: np.ndarray, settings: QuantizeSettings) -> bytes:
-        """One post-training candidate as int8 ONNX bytes (calibrated on ``images``)."""
+    def ptq_trial(self, model, ranges: str | None, images: np.ndarray, settings: QuantizeSettings,
+                  cache: dict) -> bytes:
+        """One post-training candidate as int8 ONNX bytes (calibrated on ``images``); ``cache`` keeps
+        each model's float export for the contest."""
         from edge_mobilenet.convert.onnx_convert import convert_onnx, quantize_onnx
 
         with tempfile.TemporaryDirectory(prefix="edge-ptq-onnx-") as folder:
-            convert_onnx(model, Path(folder) / "float.onnx")
-            quantize_onnx(Path(folder) / "float.onnx", Path(folder) / "int8.onnx", images,
-                          self.options(settings, ranges=ranges))
+            exported = Path(folder) / "float.onnx"
+            if id(model) not in cache:
+                convert_onnx(model, exported)
+                cache[id(model)] = (model, exported.read_bytes())
+            exported.write_bytes(cache[id(model)][1])
+            quantize_onnx(exported, Path(folder) / "int8.onnx", images, self.options(settings, ranges=ranges))
             return (Path(folder) / "int8.onnx").read_bytes()
 
     def selective(self, float_model: FloatModel, fmt: Format, calibration: np.ndarray,

@@ -161,8 +161,9 @@ def _choose_ptq(float_model: FloatModel, fmt: Format, calibration: np.ndarray, s
     builder = BUILDERS[fmt.builder]
     if settings.ptq != ("none",):
         _log(f"  {fmt.name}: post-training methods ({','.join(settings.ptq)}) on held-out calibration images")
+    cache: dict = {}  # per candidate model: what its trials share (calibration, export); dropped after
     choice = ptq.choose(float_model.integer_base(), fmt.runtime, calibration, settings,
-                        lambda model, ranges, images: builder.ptq_trial(model, ranges, images, settings),
+                        lambda model, ranges, images: builder.ptq_trial(model, ranges, images, settings, cache),
                         builder.qmax, builder.range_methods)
     float_model.ptq = {**(float_model.ptq or {}), fmt.name: choice}
     if settings.ptq != ("none",):
