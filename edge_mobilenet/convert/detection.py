@@ -289,10 +289,8 @@ def _const(name: str, value) -> object:
     return numpy_helper.from_array(np.asarray(value), name=name)
 
 
-def postprocess_nodes(anchors: np.ndarray, classes: int, nms: NmsSettings):
-    """(nodes, initializers) turning RAW_OUTPUT_NAMES into OUTPUT_NAMES: decode, best class, NMS, pad."""
-    import onnx.helper as oh
-
+def _postprocess_constants(anchors: np.ndarray, classes: int, nms: NmsSettings) -> list:
+    """The initializers the post-processing nodes read (anchors, box-coder scales, NMS settings, shapes)."""
     sy, sx, sh, sw = BOX_CODER.scale_factors
     anchors = anchors.astype(np.float32)
     d = nms.max_detections
@@ -314,9 +312,16 @@ def postprocess_nodes(anchors: np.ndarray, classes: int, nms: NmsSettings):
              _const("pp_flat", np.array([-1], np.int64)),
              _const("pp_shape_boxes", np.array([1, d, 4], np.int64)),
              _const("pp_shape_row", np.array([1, d], np.int64))]
+    return inits
+
+
+def _decode_nms_nodes() -> list:
+    """Raw outputs -> decoded boxes, best class per anchor, and the indices NMS keeps."""
+    import onnx.helper as oh
+
     enc, scores = RAW_OUTPUT_NAMES
     n = oh.make_node
-    nodes = [
+    return [
         n("Slice", [enc, "pp_s0", "pp_s2", "pp_s2"], ["pp_t_center"]),  # (ty, tx), axis 2
         n("Slice", [enc, "pp_s2", "pp_s4", "pp_s2"], ["pp_t_size"]),  # (th, tw)
         n("Mul", ["pp_t_center", "pp_center_scale"], ["pp_c0"]),
@@ -336,6 +341,15 @@ def postprocess_nodes(anchors: np.ndarray, classes: int, nms: NmsSettings):
           ["pp_selected"], center_point_box=0),  # [K, 3], by score, high first
         n("Gather", ["pp_selected", "pp_box_index"], ["pp_idx2"], axis=1),
         n("Reshape", ["pp_idx2", "pp_flat"], ["pp_idx"]),  # [K]
+    ]
+
+
+def _gather_pad_nodes(clip_boxes: bool) -> list:
+    """The kept boxes, scores and classes gathered and padded to max_detections: OUTPUT_NAMES."""
+    import onnx.helper as oh
+
+    n = oh.make_node
+    nodes = [
         n("Squeeze", ["pp_decoded", "pp_s0"], ["pp_decoded_n"]),
         n("Reshape", ["pp_best", "pp_flat"], ["pp_best_n"]),
         n("Reshape", ["pp_label", "pp_flat"], ["pp_label_n"]),
@@ -355,10 +369,17 @@ def postprocess_nodes(anchors: np.ndarray, classes: int, nms: NmsSettings):
         n("Reshape", ["pp_scores_padded", "pp_shape_row"], [OUTPUT_NAMES[2]]),
         n("Cast", ["pp_k"], [OUTPUT_NAMES[3]], to=1),
     ]
-    if nms.clip_boxes:
+    if clip_boxes:
         nodes.append(n("Clip", ["pp_boxes_unclipped", "pp_zero", "pp_one"], [OUTPUT_NAMES[0]]))
     else:
         nodes.append(n("Identity", ["pp_boxes_unclipped"], [OUTPUT_NAMES[0]]))
+    return nodes
+
+
+def postprocess_nodes(anchors: np.ndarray, classes: int, nms: NmsSettings):
+    """(nodes, initializers) turning RAW_OUTPUT_NAMES into OUTPUT_NAMES: decode, best class, NMS, pad."""
+    inits = _postprocess_constants(anchors, classes, nms)
+    nodes = _decode_nms_nodes() + _gather_pad_nodes(nms.clip_boxes)
     for node in nodes:
         node.name = f"postprocess/{node.output[0]}"
     return nodes, inits
