@@ -45,12 +45,13 @@ def search_record(folder: Path, fmt: str) -> dict:
     return {**entry.facts.get("recipe", {}).get("accuracy_aware", {}), "file": folder / entry.file}
 
 
-def interleave(paths: list[Path], rounds: int, runs: int) -> list[list[float]]:
-    """Per path, its p50 in each of ``rounds`` alternating rounds of ``runs`` invokes (one process)."""
+def interleave(paths: list[Path], rounds: int, runs: int, threads: int = 1) -> list[list[float]]:
+    """Per path (.tflite or .onnx, loaded as the device runner loads them), its p50 in each of ``rounds``
+    alternating rounds of ``runs`` invokes, the order rotating every round, all in this process."""
     from edge_mobilenet.quiet import native_noise_filtered
     from edge_mobilenet.runtimes import device_runner
 
-    args = device_runner.parse_args(["--model", "x", "--inputs", "x", "--threads", "1"])
+    args = device_runner.parse_args(["--model", "x", "--inputs", "x", "--threads", str(threads)])
     models = []
     for path in paths:
         with native_noise_filtered():
@@ -71,11 +72,12 @@ def interleave(paths: list[Path], rounds: int, runs: int) -> list[list[float]]:
 
 def _input_for(model) -> np.ndarray:
     if hasattr(model, "interpreter"):
-        spec = model.input
-        return np.zeros(spec["shape"], spec["dtype"])
-    meta = model.session.get_inputs()[0]
-    dtype = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}[meta.type]
-    return np.zeros([d if isinstance(d, int) else 1 for d in meta.shape], dtype)
+        shape, dtype = model.input["shape"], model.input["dtype"]
+    else:
+        meta = model.session.get_inputs()[0]
+        dtype = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}[meta.type]
+        shape = [d if isinstance(d, int) else 1 for d in meta.shape]
+    return np.random.RandomState(0).uniform(-1, 1, shape).astype(dtype)
 
 
 def ratio_text(int8: list[float], float_: list[float]) -> str:

@@ -11,38 +11,19 @@ first file, with its interquartile range.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 
 
-def _invoker(path: str, threads: int):
-    from edge_mobilenet.runtimes.onnx import make_session
-
-    session = make_session(path, threads)
-    feed = session.get_inputs()[0]
-    shape = [d if isinstance(d, int) else 1 for d in feed.shape]
-    batch = np.random.RandomState(0).uniform(-1, 1, shape).astype(np.float32)
-    return lambda: session.run(None, {feed.name: batch})
-
-
 def interleaved(paths: list[str], rounds: int, runs: int, threads: int) -> dict[str, list[float]]:
-    invokers = [_invoker(p, threads) for p in paths]
-    for invoke in invokers:
-        for _ in range(20):
-            invoke()
-    p50s = {p: [] for p in paths}
-    pairs = list(zip(paths, invokers))
-    for index in range(rounds):
-        shift = index % len(pairs)
-        for path, invoke in pairs[shift:] + pairs[:shift]:
-            times = []
-            for _ in range(runs):
-                started = time.perf_counter()
-                invoke()
-                times.append((time.perf_counter() - started) * 1e3)
-            p50s[path].append(float(np.median(times)))
-    return p50s
+    """Per file, its p50 in each round (``benchmarks/latency_aware.interleave``: one timing loop for all)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from latency_aware import interleave
+
+    return dict(zip(paths, interleave([Path(p) for p in paths], rounds, runs, threads)))
 
 
 def main() -> None:

@@ -140,25 +140,17 @@ def accuracy(outputs: np.ndarray | None, labels: np.ndarray | None, offset: int,
         return None
     record = {"images": int(len(outputs)), **metrics.classification_metrics(outputs, labels, offset)}
     if baseline is not None and baseline.shape == outputs.shape:
+        from edge_mobilenet.contracts.paired import paired_or_none
+
         base_top1 = metrics.top1(baseline, labels, offset)
-        noise = float(np.sum((outputs - baseline) ** 2))
+        paired = paired_or_none(baseline, outputs, labels, offset)  # delta top-1 CI, McNemar, SNR, KL
+        snr = paired.snr_db if paired is not None and np.isfinite(paired.snr_db) else None
         record.update(float_top1=round(base_top1, 4),
                       delta_top1_vs_float=round(record["top1"] - base_top1, 4),
                       agreement_with_float=round(metrics.agreement(outputs, baseline), 4),
-                      output_snr_db=round(10 * np.log10(float(np.sum(baseline ** 2)) / noise), 2) if noise > 0 else None)
-        record["paired"] = _paired(baseline, outputs, labels, offset)
+                      output_snr_db=round(snr, 2) if snr is not None else None,
+                      paired=paired.to_dict() if paired is not None else None)
     return record
-
-
-def _paired(baseline: np.ndarray, outputs: np.ndarray, labels: np.ndarray, offset: int) -> dict | None:
-    """The paired comparison with float on the same images (delta top-1 with its bootstrap CI, McNemar)."""
-    from edge_mobilenet.contracts.paired import paired_fidelity
-    from edge_mobilenet.errors import EdgeError
-
-    try:
-        return paired_fidelity(baseline, outputs, labels, offset).to_dict()
-    except EdgeError:  # a float baseline with non-finite outputs: nothing to pair with
-        return None
 
 
 def commit_info() -> dict:

@@ -104,14 +104,29 @@ def describe(fidelity: PairedFidelity) -> str:
             f"{100 * low:+.2f} to {100 * high:+.2f}, McNemar p={fidelity.mcnemar_p:.2g}: {verdict})")
 
 
-def better(a: PairedFidelity, b: PairedFidelity) -> bool:
+def better(a: PairedFidelity, b: PairedFidelity, min_gain_db: float = 0.0) -> bool:
     """Whether ``a`` follows the float model more closely than ``b`` (e.g. two quantization methods
     scored on the same held-out calibration images, no labels needed): higher ``snr_db``, and when
-    that ties as reported (to 0.01 dB) lower ``kl``. Both must be measured on the same images."""
+    that ties as reported (to 0.01 dB) lower ``kl``. With ``min_gain_db``, ``a`` must instead add at
+    least that much SNR without a higher ``kl`` (a margin against what few images can't resolve).
+    Both must be measured on the same images."""
     if a.count != b.count:
         raise EdgeError(f"paired fidelity: can't compare results on {a.count} and {b.count} images")
+    if min_gain_db > 0:
+        return a.snr_db >= b.snr_db + min_gain_db and a.kl <= b.kl
     snr_a, snr_b = round(a.snr_db, 2), round(b.snr_db, 2)
     return snr_a > snr_b or (snr_a == snr_b and a.kl < b.kl)
+
+
+def paired_or_none(float_outputs, quant_outputs, labels=None, label_offset: int = 0) -> PairedFidelity | None:
+    """:func:`paired_fidelity` of outputs of any shape [N, ...], or None when the float outputs are not
+    finite (nothing to pair with)."""
+    float_outputs, quant_outputs = np.asarray(float_outputs), np.asarray(quant_outputs)
+    try:
+        return paired_fidelity(float_outputs.reshape(len(float_outputs), -1),
+                               quant_outputs.reshape(len(quant_outputs), -1), labels, label_offset)
+    except EdgeError:
+        return None
 
 
 def mcnemar_exact_p(b: int, c: int) -> float:

@@ -63,7 +63,6 @@ class TFLiteBuilder:
                   cache: dict) -> bytes:
         """One post-training candidate as an int8 flatbuffer (calibrated on ``images``). ``cache`` keeps
         each model's calibrated form for the contest, so range estimators don't export and calibrate again."""
-        from edge_mobilenet.convert.quant.ranges import estimate_ranges, with_ranges
         from edge_mobilenet.convert.quant.tflite_debug import SelectiveQuantizer
         from edge_mobilenet.convert.tflite import export_saved_model
 
@@ -72,14 +71,7 @@ class TFLiteBuilder:
                 export_saved_model(model, folder)
                 cache[id(model)] = (model, SelectiveQuantizer(folder, images, settings.io))
         quantizer = cache[id(model)][1]
-        if ranges is None:
-            return quantizer.quantize([])
-        calibrated = quantizer.calibrated
-        try:
-            quantizer.calibrated = with_ranges(calibrated, estimate_ranges(calibrated, images, ranges))
-            return quantizer.quantize([])
-        finally:
-            quantizer.calibrated = calibrated
+        return (quantizer.ranged(images, ranges) if ranges else quantizer).quantize([])
 
     def selective(self, float_model: FloatModel, fmt: Format, calibration: np.ndarray,
                   settings: QuantizeSettings, evaluation: EvalSet):

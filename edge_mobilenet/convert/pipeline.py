@@ -62,14 +62,12 @@ def _validation(outputs: np.ndarray, evaluation: EvalSet, float_model: FloatMode
 
 def _paired(outputs: np.ndarray, evaluation: EvalSet, float_model: FloatModel) -> dict | None:
     """Paired with float on the same images: SNR, KL, agreement and, with labels, delta top-1 with its CI."""
-    from edge_mobilenet.contracts.paired import paired_fidelity
+    from edge_mobilenet.contracts.paired import paired_or_none
 
     labelled = evaluation.labels is not None and float_model.trained_weights
-    try:
-        return paired_fidelity(evaluation.float_outputs.reshape(len(outputs), -1), outputs.reshape(len(outputs), -1),
-                               evaluation.labels if labelled else None, evaluation.label_offset).to_dict()
-    except EdgeError:  # non-finite float outputs: nothing to pair with
-        return None
+    paired = paired_or_none(evaluation.float_outputs, outputs, evaluation.labels if labelled else None,
+                            evaluation.label_offset)
+    return paired.to_dict() if paired is not None else None
 
 
 def _compatibility(path: Path, runtime: str) -> dict:

@@ -95,9 +95,11 @@ def _best(scored: list[tuple[str, object, object]]):
     """The (name, payload, fidelity) that wins on paired fidelity: a later (more elaborate) candidate
     replaces the incumbent only with ``MIN_GAIN_DB`` more output SNR and no higher KL, so a method is
     not kept for a difference a few dozen held-out images can't tell from noise."""
+    from edge_mobilenet.contracts.paired import better
+
     best = scored[0]
     for candidate in scored[1:]:
-        if candidate[2].snr_db >= best[2].snr_db + MIN_GAIN_DB and candidate[2].kl <= best[2].kl:
+        if better(candidate[2], best[2], MIN_GAIN_DB):
             best = candidate
     return best
 
@@ -128,7 +130,22 @@ def choose(base, runtime: str, calibration: np.ndarray, settings: QuantizeSettin
             scored.append((label, estimator, contest.score(label, model, estimator)))
     label, ranges, fidelity = _best(scored)
     applied = [] if label == "plain" else label.split("+")
-    return PtqChoice(model, ranges, _record(settings, applied, contest, started))
+    return PtqChoice(model, ranges, _record(list(settings.ptq), applied, contest, started))
+
+
+def replay(base, record: dict | None, calibration: np.ndarray, qmax: int,
+           range_methods: dict[str, str]) -> PtqChoice | None:
+    """The choice a manifest's ``recipe.ptq`` record describes, rebuilt from the same calibration images
+    (same split, same methods; the weight methods are deterministic), or None when nothing was applied.
+    ``quant-report`` needs it: the artifact's float twin is the model the methods made."""
+    applied = (record or {}).get("applied") or []
+    parts = split(calibration)
+    if not applied or parts is None:
+        return None
+    method = tuple(m for m in WEIGHT_METHODS if m in applied)
+    model = weight_model(base, method, parts[0], qmax)[0] if method else None
+    ranges = next((range_methods[m] for m in applied if m in range_methods), None)
+    return PtqChoice(model, ranges, dict(record))
 
 
 def _weight_candidates(wanted: tuple[str, ...]) -> list[tuple[str, tuple[str, ...]]]:
@@ -147,21 +164,15 @@ def _forced(contest: Contest, wanted, qmax: int, range_methods: dict[str, str], 
     contest.score("plain", None, None)
     if applied:
         contest.score("+".join(applied), model, ranges)
-    record = _record_forced(applied, contest, started)
+    record = _record(list(wanted), applied, contest, started)
     unavailable = [m for m in wanted if m not in applied]
     if unavailable:  # e.g. ranges-mse on ONNX Runtime
         record["unavailable"] = unavailable
         _log(f"    ptq {', '.join(unavailable)}: not available on {contest.runtime}; not applied")
-    return PtqChoice(model, ranges, {**record, "requested": list(wanted)})
+    return PtqChoice(model, ranges, record)
 
 
-def _record(settings: QuantizeSettings, applied: list[str], contest: Contest, started: float) -> dict:
-    return {"requested": list(settings.ptq), "applied": applied,
+def _record(requested: list[str], applied: list[str], contest: Contest, started: float) -> dict:
+    return {"requested": requested, "applied": applied,
             "held_out_images": int(len(contest.held)), "calibration_images": int(len(contest.calibrating)),
             "trials": contest.trials, "seconds": round(time.perf_counter() - started, 1)}
-
-
-def _record_forced(wanted, contest: Contest, started: float) -> dict:
-    return {"requested": list(wanted), "applied": list(wanted), "held_out_images": int(len(contest.held)),
-            "calibration_images": int(len(contest.calibrating)), "trials": contest.trials,
-            "seconds": round(time.perf_counter() - started, 1)}

@@ -320,14 +320,6 @@ def estimate_ranges(calibrated: bytes, inputs: np.ndarray, method: str, *, skip_
 
 # -- end to end -----------------------------------------------------------------------------------------
 
-def output_snr_db(reference: np.ndarray, test: np.ndarray) -> float:
-    """10 log10(signal / noise) of ``test`` against ``reference`` (inf when identical)."""
-    reference, test = np.asarray(reference, np.float64), np.asarray(test, np.float64)
-    noise = float(np.sum(np.square(reference - test)))
-    signal = float(np.sum(np.square(reference)))
-    return math.inf if noise == 0 else 10 * math.log10(max(signal, 1e-30) / noise)
-
-
 def quantize_with_ranges(saved_model_dir: str, calibration: np.ndarray, method: str, io: str = "int8",
                          held_out: np.ndarray | None = None, float_nodes=(), **params) -> bytes:
     """The int8 flatbuffer of a SavedModel with activation ranges from ``method`` estimated on the
@@ -337,13 +329,9 @@ def quantize_with_ranges(saved_model_dir: str, calibration: np.ndarray, method: 
     from edge_mobilenet.convert.quant.tflite_debug import SelectiveQuantizer
 
     quantizer = SelectiveQuantizer(saved_model_dir, calibration, io=io)
-    calibrated = quantizer.calibrated
-    ranges = estimate_ranges(calibrated, calibration, method, **params)
-    quantizer.calibrated = with_ranges(calibrated, ranges)
-    result = quantizer.quantize(float_nodes)
+    result = quantizer.ranged(calibration, method, **params).quantize(float_nodes)
     if held_out is not None:
-        quantizer.calibrated = calibrated
-        snr = held_out_snr_db(calibrated, {method: result, "minmax": quantizer.quantize(float_nodes)},
+        snr = held_out_snr_db(quantizer.calibrated, {method: result, "minmax": quantizer.quantize(float_nodes)},
                               held_out)
         log.info("output SNR on %d held-out images: %s", len(held_out),
                  ", ".join(f"{name} {value:.2f} dB" for name, value in snr.items()))
@@ -352,8 +340,9 @@ def quantize_with_ranges(saved_model_dir: str, calibration: np.ndarray, method: 
 
 def held_out_snr_db(float_model: bytes, models: dict[str, bytes], images: np.ndarray) -> dict[str, float]:
     """name -> output SNR (dB) of each TFLite model against ``float_model`` on ``images`` (LiteRT)."""
+    from edge_mobilenet.contracts.paired import paired_fidelity
     from edge_mobilenet.runtimes.tflite import make_interpreter, run_tflite
 
     reference = run_tflite(make_interpreter(float_model), images)
-    return {name: output_snr_db(reference, run_tflite(make_interpreter(model), images))
+    return {name: paired_fidelity(reference, run_tflite(make_interpreter(model), images)).snr_db
             for name, model in models.items()}

@@ -99,6 +99,22 @@ def check_made_from(artifact: Path, entry, float_model, inputs) -> None:
                         "it was not converted from that float model")
 
 
+def _replay_ptq(artifact: Path, entry, float_model, inputs) -> None:
+    """The post-training weight methods the manifest records, applied again (the artifact's float twin)."""
+    from edge_mobilenet.contracts.formats import format_of_file
+    from edge_mobilenet.convert.builders import BUILDERS
+    from edge_mobilenet.convert.quant import ptq
+
+    fmt = format_of_file(artifact.name)
+    record = (entry.facts.get("recipe") or {}).get("ptq") if entry is not None else None
+    if fmt is None or not fmt.integer or not record:
+        return
+    builder = BUILDERS[fmt.builder]
+    choice = ptq.replay(float_model.integer_base(), record, inputs, builder.qmax, builder.range_methods)
+    if choice is not None:
+        float_model.ptq = {fmt.name: choice}
+
+
 def _layer_rows(artifact: Path, float_model, inputs, debug_count: int):
     """Per-layer errors of ``artifact`` (int8 TFLite or QDQ ONNX) and the Keras layer order."""
     from edge_mobilenet.contracts.formats import format_of_file
@@ -193,6 +209,7 @@ def run_quant_report(artifact: str | Path, float_path: str | Path, *, calibratio
     inputs = images.inputs(float_model.preprocessing)
     check_made_from(artifact, entry, float_model, inputs)
     float_model.apply_hard_swish_rewrite(rewrite, inputs[:8])  # as the artifact was made
+    _replay_ptq(artifact, entry, float_model, inputs)
     try:
         rows, model_order = _layer_rows(artifact, float_model, inputs, debug_count)
     finally:

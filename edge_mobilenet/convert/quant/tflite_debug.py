@@ -116,11 +116,20 @@ class SelectiveQuantizer:
         converter._experimental_calibrate_only = True
         with native_noise_filtered():
             self.calibrated = converter.convert()
-        if ranges is not None:
-            from edge_mobilenet.convert.quant.ranges import estimate_ranges, with_ranges
-
-            self.calibrated = with_ranges(self.calibrated, estimate_ranges(self.calibrated, calibration, ranges))
         self.io_dtype = {"int8": tf.int8, "uint8": tf.uint8, "float": tf.float32}[io]
+        if ranges is not None:
+            self.calibrated = self.ranged(calibration, ranges).calibrated
+
+    def ranged(self, images: np.ndarray, method: str, **params) -> "SelectiveQuantizer":
+        """A copy whose calibrated min/max are ``method``'s estimates on ``images`` (quant/ranges.py);
+        this one keeps its own, so several estimators share one calibration."""
+        import copy
+
+        from edge_mobilenet.convert.quant.ranges import estimate_ranges, with_ranges
+
+        other = copy.copy(self)
+        other.calibrated = with_ranges(self.calibrated, estimate_ranges(self.calibrated, images, method, **params))
+        return other
 
     def quantize(self, float_nodes=()) -> bytes:
         from tensorflow.lite.python import convert
