@@ -208,17 +208,22 @@ def quantize(models_, recipe, calibration, count, seed, skip_corrupt, formats, i
 @click.option("--latency", type=click.Path(), default=None,
               help="profile.json of `edge-bench profile` (the artifact and its float baseline): join each "
                    "block's int8 error with its int8 and float ms on that device.")
+@click.option("--ptq-layers", type=click.Choice(["recorded", "all", "none"]), default="recorded", show_default=True,
+              help="Per layer, what the post-training methods did (SNR vs plain on held-out calibration "
+                   "images): the ones the manifest records for the artifact, every one, or skip.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report.")
-def quant_report(artifact, float_path, calibration, count, seed, debug_count, output, latency, as_json):
+def quant_report(artifact, float_path, calibration, count, seed, debug_count, output, latency, ptq_layers, as_json):
     """Per-layer error of an int8 ARTIFACT against its float model, worst first (table, JSON, PNG)."""
-    from edge_mobilenet.convert.quant.report import latency_table, run_quant_report, table
+    from edge_mobilenet.convert.quant.report import latency_table, ptq_summary, run_quant_report, table
 
     report = run_quant_report(artifact, float_path, calibration=calibration, count=count, seed=seed,
-                              debug_count=debug_count, output=output, latency=latency)
+                              debug_count=debug_count, output=output, latency=latency, ptq_layers=ptq_layers)
     if as_json:
         click.echo(json.dumps(report))
         return
     click.echo(table(report["layers"]))
+    if "ptq_layers" in report:
+        click.echo("\n" + ptq_summary(report["ptq_layers"]))
     if "latency" in report:
         join = report["latency"]
         click.echo(f"\nper block, on the profiled device (int8 {join['int8_total_ms']:.3f} ms"

@@ -167,3 +167,26 @@ def test_one_target_one_cache_key():
     plain = cache_key("s", None, FORMATS["fp32"], QuantizeSettings(), "c")
     assert plain == cache_key("s", None, FORMATS["fp32"], merge(QuantizeSettings(), {"target_accuracy": "99%",
                                                                                      "io": "uint8"}), "c")
+
+
+def test_search_steps_carry_the_paired_verdict():
+    """Each step is paired with float on the same images; a target met only by the point estimate, with
+    the allowed loss inside the 95% interval, is reported as within noise."""
+    import numpy as np
+
+    from edge_mobilenet.contracts.paired import paired_fidelity
+
+    labels = np.arange(400) % 10
+    float_outputs = 5 * np.eye(10)[labels]
+
+    def flipped(count):  # the first ``count`` images turned wrong
+        outputs = float_outputs.copy()
+        outputs[:count] = np.roll(outputs[:count], 1, axis=1)
+        return paired_fidelity(float_outputs, outputs, labels)
+
+    scores = [flipped(40), flipped(4), flipped(0)]
+    ranking = [type("R", (), {"node": f"n{i}"})() for i in range(2)]
+    found = search(_ScriptedQuantizer(None), ranking, lambda k: scores[k], 1.0, AccuracyTarget("99%", relative=0.99))
+    assert found["met"] and found["chosen"] == 1 and found["verdict"] == "within noise"
+    assert [s["verdict"] for s in found["steps"]] == ["missed", "within noise"]
+    assert found["steps"][0]["delta_top1"] == -0.1 and found["steps"][1]["images"] == 400

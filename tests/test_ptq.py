@@ -40,17 +40,17 @@ def plain_and_auto(trained, tmp_path_factory):
     plain, auto = tmp_path_factory.mktemp("plain"), tmp_path_factory.mktemp("auto")
     _quantize(plain, "--model", trained, "--ptq", "none")
     log = _quantize(auto, "--model", trained).stderr  # --ptq auto is the default
-    return _entries(plain), _entries(auto), log
+    return _entries(plain), _entries(auto), log, plain, auto
 
 
 def test_auto_tries_every_method_and_keeps_only_what_lowers_the_error(plain_and_auto):
-    plain, auto, log = plain_and_auto
+    plain, auto, log, _, _ = plain_and_auto
     for fmt in ("int8", "onnx-int8"):
         record = auto[fmt].facts["recipe"]["ptq"]
         assert record["requested"] == ["auto"] and record["held_out_images"] == 16
         assert record["calibration_images"] == 48
         names = [t["methods"] for t in record["trials"]]
-        assert names[:4] == ["plain", "bias-correction", "adaround", "adaround+bias-correction"]
+        assert names[:3] == ["plain", "bias-correction", "adaround+bias-correction"]
         assert any("ranges-percentile" in n for n in names)
         assert any("ranges-mse" in n for n in names) == (fmt == "int8")  # TFLite only
         for trial in record["trials"]:
@@ -85,3 +85,45 @@ def test_bad_ptq_values_are_one_line(tmp_path, value, message):
     assert result.returncode == 2 and message in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "manifest.json").exists()
+
+
+def _quant_report(artifact, float_model, output, *args):
+    result = subprocess.run([sys.executable, "-m", "edge_mobilenet.cli", "quant-report", str(artifact), "--float",
+                             str(float_model), "--output", str(output), "--json", *args],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    import json
+
+    return json.loads(result.stdout)
+
+
+def test_quant_report_shows_per_layer_what_each_method_fixed(trained, plain_and_auto, tmp_path):
+    """--ptq-layers all on a plain int8 TFLite file: per kernel layer the SNR of plain rounding and of each
+    weight method, per activation tensor min/max and each range estimator, and the layers each fixed."""
+    plain, auto, _, plain_dir, auto_dir = plain_and_auto
+    found = _quant_report(plain_dir / plain["int8"].file, trained, tmp_path, "--ptq-layers", "all")["ptq_layers"]
+    weights = found["weights"]
+    assert {k for k in weights["layers"][0]} == {"layer", "plain", "bias-correction", "adaround",
+                                                 "adaround+bias-correction"}
+    assert len(weights["layers"]) > 20 and weights["layers"][0]["layer"] == "Conv1"
+    assert weights["fixed"]["adaround"]  # learned rounding beats nearest on some layers, held out
+    for method, names in weights["fixed"].items():
+        rows = {r["layer"]: r for r in weights["layers"]}
+        assert all(rows[n][method] is None or rows[n][method] >= rows[n]["plain"] + 1 for n in names)
+    ranges = found["ranges"]
+    assert {"tensor", "layer", "minmax", "ranges-percentile", "ranges-mse"} == set(ranges["tensors"][0])
+    assert set(ranges["fixed"]) == {"ranges-percentile", "ranges-mse"}
+    # recorded (the default): exactly the methods auto kept for that artifact, nothing when it kept none
+    recorded = _quant_report(auto_dir / auto["onnx-int8"].file, trained, tmp_path / "onnx")
+    applied = auto["onnx-int8"].facts["recipe"]["ptq"]["applied"]
+    assert ("ptq_layers" in recorded) == bool(applied)
+    if applied:
+        assert recorded["ptq_layers"]["methods"] == applied
+
+
+def test_fixed_layers_need_the_stated_gain():
+    from edge_mobilenet.convert.quant.ptq_layers import FIXED_GAIN_DB, fixed
+
+    rows = [{"layer": "a", "plain": 10.0, "m": 10.0 + FIXED_GAIN_DB}, {"layer": "b", "plain": 10.0, "m": 10.9},
+            {"layer": "c", "plain": 10.0, "m": None}, {"layer": "d", "plain": None, "m": None}]
+    assert fixed(rows, "plain", "layer") == {"m": ["a", "c"]}  # None: no error at all

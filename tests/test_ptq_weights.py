@@ -172,6 +172,42 @@ def test_patches_reproduce_the_layer(prepared):
         np.testing.assert_allclose(got, expected.reshape(-1, columns.shape[1]), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["Conv2D", "DepthwiseConv2D"])
+@pytest.mark.parametrize("kernel, strides, dilation, padding", [
+    ((3, 3), (2, 2), (1, 1), "same"), ((2, 2), (2, 2), (1, 1), "same"), ((3, 3), (1, 1), (2, 2), "same"),
+    ((5, 3), (2, 1), (1, 1), "valid")])
+def test_sampled_patches_are_tensorflows_patches(kind, kernel, strides, dilation, padding):
+    """The gathered windows equal tf.image.extract_patches' (zeros outside the image), same sampling."""
+    import keras
+    import tensorflow as tf
+
+    x = np.random.default_rng(1).normal(size=(5, 13, 11, 6)).astype(np.float32)
+    options = {"filters": 4} if kind == "Conv2D" else {}
+    layer = getattr(keras.layers, kind)(kernel_size=kernel, strides=strides, dilation_rate=dilation,
+                                        padding=padding, **options)
+    layer(keras.Input(x.shape[1:]))
+    every = tf.image.extract_patches(x, sizes=[1, *kernel, 1], strides=[1, *strides, 1],
+                                     rates=[1, *dilation, 1], padding=padding.upper()).numpy()
+    every = every.reshape(len(x), -1, every.shape[-1])
+    for count in (10, 10 ** 4):
+        rng, take = np.random.default_rng(0), min(-(-count // len(x)), every.shape[1])
+        expected = np.concatenate([image[np.sort(rng.choice(len(image), take, replace=False))] for image in every])
+        if kind == "DepthwiseConv2D":
+            expected = expected.reshape(len(expected), kernel[0] * kernel[1], -1)
+        np.testing.assert_array_equal(W._patches(layer, x, count, np.random.default_rng(0)), expected)
+
+
+def test_adaround_leaves_kernels_already_on_the_grid(prepared):
+    """A model whose kernels are on the int8 grid (as one dequantized from an int8 file) has nothing to
+    learn: the same kernels come back, reported as on the grid."""
+    entry = prepared("mobilenet_v2")
+    rounded, report = W.adaround(entry["rounded"], entry["held_out"][:4], iterations=5)
+    assert all(r.get("on_grid") and r["changed"] == 0 for r in report.values())
+    for name in report:
+        np.testing.assert_array_equal(rounded.get_layer(name).kernel.numpy(),
+                                      entry["rounded"].get_layer(name).kernel.numpy())
+
+
 def test_adaround_puts_kernels_exactly_on_the_grid(prepared):
     entry = prepared("mobilenet_v2")
     rounded, folded = entry["rounded"], entry["folded"]

@@ -21,11 +21,12 @@ from edge_mobilenet.convert.sources import EvalSet, FloatModel
 
 
 def _labelled_score(runtime: str, evaluation: EvalSet):
-    from edge_mobilenet.contracts.metrics import top1
+    """model -> its PairedFidelity against the float model on the labelled evaluation images."""
+    from edge_mobilenet.contracts.paired import paired_fidelity
     from edge_mobilenet.runtimes.sessions import run_artifact
 
-    return lambda model: top1(run_artifact(model, runtime, evaluation.inputs), evaluation.labels,
-                              evaluation.label_offset)
+    return lambda model: paired_fidelity(evaluation.float_outputs, run_artifact(model, runtime, evaluation.inputs),
+                                         evaluation.labels, evaluation.label_offset)
 
 
 class TFLiteBuilder:

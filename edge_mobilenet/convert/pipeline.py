@@ -145,6 +145,7 @@ def _build_accuracy_aware(float_model: FloatModel, fmt: Format, calibration: np.
             "full_int8_top1": found["steps"][0]["top1"], "top1": round(found["top1"], 4),
             "float_layers": [r.layer for r in candidates[:found["chosen"]]],
             "float_nodes": [r.node for r in candidates[:found["chosen"]]], "steps": found["steps"],
+            "verdict": found["verdict"],
             "latency_ms_p50_local": {"full_int8": round(latency(full_int8), 3),
                                      "selective": round(latency(found["model"]), 3)},
             "search_seconds": round(time.perf_counter() - started, 1), "latency_aware": latency_aware}

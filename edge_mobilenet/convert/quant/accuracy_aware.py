@@ -3,6 +3,13 @@
 Layers are ranked by their own quantization error (rmse/scale, :mod:`quant_debug`); the search keeps
 the top-k of that ranking in float, doubling k until the target is met and then bisecting for the
 smallest such k. Every candidate is a real model on its own runtime (LiteRT or ONNX Runtime) evaluated on the labelled held-out images.
+
+Each candidate is paired with the float model on the same images (``contracts/paired.py``): the step
+records top-1 agreement, output SNR and the top-1 change with its 95% paired-bootstrap interval, and a
+verdict on the target: ``met`` or ``missed`` when the whole interval lies on one side of the allowed
+loss, ``within noise`` when it straddles it (these images cannot tell; more would). The search moves
+on the paired point estimate (the same images for every candidate, so its steps are comparable); a
+search that stops on a ``within noise`` candidate says so rather than pretending to precision.
 """
 
 from __future__ import annotations
@@ -48,11 +55,30 @@ def latency_ranked(ranking: list, costs: dict[str, float]) -> list:
                                           / (cost_ms(r) + MIN_COST_MS), r.node))
 
 
+def verdict(fidelity, float_top1: float, threshold: float) -> str:
+    """``met`` / ``missed`` when the paired interval of the top-1 change lies wholly above / below the
+    allowed loss (threshold - float top-1), else ``within noise``."""
+    low, high = fidelity.delta_ci
+    allowed = threshold - float_top1 - 1e-12
+    return "met" if low >= allowed else "missed" if high < allowed else "within noise"
+
+
+def _step(k: int, result, float_top1: float, threshold: float) -> dict:
+    """The search record of one candidate: ``result`` is its PairedFidelity (or a bare top-1)."""
+    if not hasattr(result, "quant_top1"):
+        return {"float_layers": k, "top1": round(float(result), 4)}
+    return {"float_layers": k, "top1": round(result.quant_top1, 4), "agreement": round(result.agreement, 4),
+            "snr_db": result.to_dict()["snr_db"], "delta_top1": round(result.delta_top1, 4),
+            "delta_ci": [round(v, 4) for v in result.delta_ci], "images": result.count,
+            "verdict": verdict(result, float_top1, threshold)}
+
+
 def search(quantizer, ranking: list, score, float_top1: float, target: AccuracyTarget,
            log=lambda message: None) -> dict:
     """Smallest k such that keeping ranking[:k] in float meets the target; returns the search record.
 
-    ``quantizer.quantize(nodes)`` makes a model with ``nodes`` in float; ``score(model)`` is its top-1.
+    ``quantizer.quantize(nodes)`` makes a model with ``nodes`` in float; ``score(model)`` is its
+    PairedFidelity against the float model on the labelled images (or just its top-1).
     """
     threshold = target.threshold(float_top1)
     steps, cache = [], {}
@@ -60,9 +86,12 @@ def search(quantizer, ranking: list, score, float_top1: float, target: AccuracyT
     def evaluate(k: int) -> float:
         if k not in cache:
             model = quantizer.quantize([r.node for r in ranking[:k]])
-            cache[k] = (score(model), model)
-            steps.append({"float_layers": k, "top1": round(cache[k][0], 4)})
-            log(f"    {k:3d} layer(s) in float: top-1 {cache[k][0]:.4f} (target {threshold:.4f})")
+            steps.append(_step(k, score(model), float_top1, threshold))
+            cache[k] = (steps[-1]["top1"], model, steps[-1])
+            paired = (f", agreement {steps[-1]['agreement']:.3f}, delta {100 * steps[-1]['delta_top1']:+.1f} pt "
+                      f"(95% CI {100 * steps[-1]['delta_ci'][0]:+.1f} to {100 * steps[-1]['delta_ci'][1]:+.1f}): "
+                      f"{steps[-1]['verdict']}" if "verdict" in steps[-1] else "")
+            log(f"    {k:3d} layer(s) in float: top-1 {cache[k][0]:.4f} (target {threshold:.4f}){paired}")
         return cache[k][0]
 
     low, high, k = 0, None, 0
@@ -77,7 +106,7 @@ def search(quantizer, ranking: list, score, float_top1: float, target: AccuracyT
     if high is None:
         best = max(cache, key=lambda key: cache[key][0])
         return {"met": False, "threshold": threshold, "chosen": best, "top1": cache[best][0],
-                "model": cache[best][1], "steps": steps}
+                "model": cache[best][1], "steps": steps, "verdict": cache[best][2].get("verdict")}
     while high - low > 1:
         middle = (low + high) // 2
         if evaluate(middle) >= threshold:
@@ -85,4 +114,4 @@ def search(quantizer, ranking: list, score, float_top1: float, target: AccuracyT
         else:
             low = middle
     return {"met": True, "threshold": threshold, "chosen": high, "top1": cache[high][0],
-            "model": cache[high][1], "steps": steps}
+            "model": cache[high][1], "steps": steps, "verdict": cache[high][2].get("verdict")}

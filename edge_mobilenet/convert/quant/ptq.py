@@ -5,8 +5,8 @@ The calibration images are split: the first part calibrates (and feeds the weigh
 ONNX Runtime) whose outputs on the held-out images are paired with the float model's on the same images
 (``contracts/paired.py``: output SNR, then KL). With ``--ptq auto``:
 
-1. weights: plain (round to nearest), bias correction, AdaRound, AdaRound + bias correction
-   (``quant/weights.py``; the kernels put exactly on the runtime's int8 grid, so the converter keeps
+1. weights: plain (round to nearest), bias correction, AdaRound + bias correction (AdaRound alone
+   when bias correction is not wanted) (``quant/weights.py``; the kernels put exactly on the runtime's int8 grid, so the converter keeps
    them); the best by paired fidelity is kept;
 2. activation ranges on those weights: min/max, percentile, MSE-optimal (TFLite: our estimates written
    into the calibrated model, ``quant/ranges.py``; ONNX: ONNX Runtime's percentile calibration, no MSE);
@@ -117,9 +117,8 @@ def choose(base, runtime: str, calibration: np.ndarray, settings: QuantizeSettin
     contest = Contest(trial, runtime, base, *parts)
     if settings.ptq != ("auto",):
         return _forced(contest, wanted, qmax, range_methods, started)
-    weight_options = [("plain", None, ())] + [(n, None, m) for n, m in _weight_candidates(wanted)]
     scored = []
-    for name, _, method in weight_options:
+    for name, method in [("plain", ())] + weight_options(wanted):
         model = None if not method else weight_model(base, method, contest.calibrating, qmax)[0]
         scored.append((name, model, contest.score(name, model, None)))
     weights_name, model, fidelity = _best(scored)
@@ -148,11 +147,13 @@ def replay(base, record: dict | None, calibration: np.ndarray, qmax: int,
     return PtqChoice(model, ranges, dict(record))
 
 
-def _weight_candidates(wanted: tuple[str, ...]) -> list[tuple[str, tuple[str, ...]]]:
-    found = [(m, (m,)) for m in WEIGHT_METHODS if m in wanted]
+def weight_options(wanted: tuple[str, ...]) -> list[tuple[str, tuple[str, ...]]]:
+    """The weight candidates after plain. With both methods wanted, AdaRound is tried with bias
+    correction only: alone it never beat the pair (V1 0.25/128 and V2 1.0/224, both runtimes,
+    benchmarks/results/ptq_methods.md), and each AdaRound costs the most of the methods."""
     if all(m in wanted for m in WEIGHT_METHODS):
-        found.append(("adaround+bias-correction", WEIGHT_METHODS))
-    return found
+        return [("bias-correction", ("bias-correction",)), ("adaround+bias-correction", WEIGHT_METHODS)]
+    return [(m, (m,)) for m in WEIGHT_METHODS if m in wanted]
 
 
 def _forced(contest: Contest, wanted, qmax: int, range_methods: dict[str, str], started: float) -> PtqChoice:

@@ -115,6 +115,62 @@ def _replay_ptq(artifact: Path, entry, float_model, inputs) -> None:
         float_model.ptq = {fmt.name: choice}
 
 
+PTQ_LAYERS = ("recorded", "all", "none")
+
+
+def ptq_layer_effects(artifact: Path, entry, float_model, inputs, which: str, io: str) -> dict | None:
+    """Per layer, what each post-training method did (``quant/ptq_layers.py``): the methods the manifest
+    records for the artifact (``recorded``) or every one its runtime has (``all``), on the artifact's
+    runtime grid, fit and measured on the calibration split ``ptq`` uses. None when there is nothing to show."""
+    from edge_mobilenet.contracts.formats import format_of_file
+    from edge_mobilenet.convert.builders import BUILDERS
+    from edge_mobilenet.convert.quant import ptq, ptq_layers
+    from edge_mobilenet.convert.settings import PTQ_METHODS
+
+    fmt = format_of_file(artifact.name)
+    record = (entry.facts.get("recipe") or {}).get("ptq") if entry is not None else None
+    wanted = PTQ_METHODS if which == "all" else tuple((record or {}).get("applied") or ())
+    if which == "none" or not wanted or ptq.split(inputs) is None:
+        return None
+    builder = BUILDERS[fmt.builder]
+    applied = tuple(m for m in ptq.WEIGHT_METHODS if m in wanted)
+    weight_methods = {"+".join(reversed(applied)): applied} if applied else {}  # ptq's names: adaround+bias-correction
+    if which == "all":  # each alone and both
+        weight_methods = {**{m: (m,) for m in ptq.WEIGHT_METHODS}, **weight_methods}
+    found = {"methods": list(wanted), "fixed_gain_db": ptq_layers.FIXED_GAIN_DB}
+    if weight_methods:
+        rows = ptq_layers.weight_effects(float_model.integer_base(), inputs, builder.qmax, weight_methods)
+        found["weights"] = {"layers": rows, "fixed": ptq_layers.fixed(rows, "plain", "layer")}
+    range_methods = {name: builder.range_methods[name] for name in wanted if name in builder.range_methods}
+    if range_methods and fmt.runtime == "tflite":
+        layers = {layer.name for layer in float_model.model_for(fmt).layers}
+        rows = ptq_layers.range_effects(float_model.saved_model_dir(fmt), inputs, range_methods, io, layers)
+        found["ranges"] = {"tensors": rows, "fixed": ptq_layers.fixed(rows, "minmax", "layer")}
+    elif range_methods:
+        found["ranges"] = {"note": "ONNX Runtime's calibrated ranges are not broken down per tensor"}
+    return found
+
+
+def ptq_summary(found: dict) -> str:
+    """Lines: per method, how many layers (tensors) it fixed and the first few of them."""
+    lines = [f"post-training methods per layer (fixed: >= {found['fixed_gain_db']:g} dB more SNR on held-out "
+             "calibration images):"]
+    for part, baseline, unit in (("weights", "nearest rounding", "kernel layers"), ("ranges", "min/max", "activation tensors")):
+        section = found.get(part) or {}
+        if "note" in section:
+            lines.append(f"  {part}: {section['note']}")
+        total = len(section.get("layers") or section.get("tensors") or [])
+        for method, names in (section.get("fixed") or {}).items():
+            shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+            lines.append(f"  {method}: {len(names)} of {total} {unit} fixed vs {baseline}" + (f": {shown}" if names else ""))
+    return "\n".join(lines)
+
+
+def _io_of(entry) -> str:
+    """The TFLite input/output type the artifact was converted with (the manifest's recipe; int8 if unknown)."""
+    return ((entry.facts.get("recipe") or {}).get("io") if entry is not None else None) or "int8"
+
+
 def _layer_rows(artifact: Path, float_model, inputs, debug_count: int):
     """Per-layer errors of ``artifact`` (int8 TFLite or QDQ ONNX) and the Keras layer order."""
     from edge_mobilenet.contracts.formats import format_of_file
@@ -182,9 +238,11 @@ def latency_table(join: dict) -> str:
 
 def run_quant_report(artifact: str | Path, float_path: str | Path, *, calibration: str | None = None,
                      count: int | None = None, seed: int | None = None, debug_count: int = 32,
-                     output: str | Path = "build/quant-report", latency: str | Path | None = None) -> dict:
+                     output: str | Path = "build/quant-report", latency: str | Path | None = None,
+                     ptq_layers: str = "recorded") -> dict:
     """The quant-report command: per-layer error of ``artifact`` against the float model it came from,
-    calibrated and rewritten as the manifest records (flags override), written as JSON + PNG."""
+    calibrated and rewritten as the manifest records (flags override), written as JSON + PNG; with
+    ``ptq_layers`` (recorded, all, none), what each post-training method did per layer."""
     from edge_mobilenet.convert.settings import DEFAULT_CALIBRATION
     from edge_mobilenet.convert.sources import load_float_model
     from edge_mobilenet.data.calibration import CalibrationSource, load_calibration
@@ -196,6 +254,8 @@ def run_quant_report(artifact: str | Path, float_path: str | Path, *, calibratio
         raise EdgeError(f"{artifact}: artifact does not exist")
     if artifact.suffix not in (".tflite", ".onnx"):
         raise EdgeError(f"{artifact}: quant-report reads int8 .tflite or QDQ .onnx artifacts")
+    if ptq_layers not in PTQ_LAYERS:
+        raise EdgeError(f"--ptq-layers {ptq_layers!r}: choose one of {', '.join(PTQ_LAYERS)}")
     if latency is not None:
         read_profiles(latency)  # a bad file is refused before the float model is loaded
     entry = manifest_entry(artifact)
@@ -209,12 +269,15 @@ def run_quant_report(artifact: str | Path, float_path: str | Path, *, calibratio
     inputs = images.inputs(float_model.preprocessing)
     check_made_from(artifact, entry, float_model, inputs)
     float_model.apply_hard_swish_rewrite(rewrite, inputs[:8])  # as the artifact was made
-    _replay_ptq(artifact, entry, float_model, inputs)
+    extra = {"float_model": str(float_path), "calibration": images.record().to_json()}
     try:
+        effects = ptq_layer_effects(artifact, entry, float_model, inputs, ptq_layers, _io_of(entry))
+        if effects is not None:
+            extra["ptq_layers"] = effects
+        _replay_ptq(artifact, entry, float_model, inputs)
         rows, model_order = _layer_rows(artifact, float_model, inputs, debug_count)
     finally:
         float_model.close()
-    extra = {"float_model": str(float_path), "calibration": images.record().to_json()}
     if latency is not None:
         extra["latency"] = join_latency(model_order, artifact, entry, latency)
     return write_report(rows, model_order, artifact, Path(output), extra)

@@ -44,6 +44,7 @@ from edge_mobilenet.errors import EdgeError
 QMAX = 127
 ZETA, GAMMA = 1.1, -0.1  # AdaRound's rectified sigmoid stretch (Nagel et al. 2020, eq. 23)
 KERNEL_LAYERS = ("Conv2D", "DepthwiseConv2D", "Dense")
+ON_GRID_TOLERANCE = 1e-4  # in grid steps: a kernel this close to s * q everywhere is already on its grid
 
 
 # -- the functional graph ---------------------------------------------------------------------------
@@ -446,23 +447,40 @@ class AdaRoundSettings:
 
 def _patches(layer, x, count: int, rng) -> np.ndarray:
     """Up to ``count`` input patches of the layer, sampled evenly over the images: rows [P, K] in
-    the kernel's column order (Conv2D: h, w, in; Dense: in), or [P, h*w, channels] for depthwise."""
-    import tensorflow as tf
-
+    the kernel's column order (Conv2D: h, w, in; Dense: in), or [P, h*w, channels] for depthwise.
+    Only the sampled windows are gathered (zeros where 'same' padding reaches outside the image), as
+    ``tf.image.extract_patches`` would give them."""
     x = np.asarray(x, np.float32)
     if _kind(layer) == "Dense":
         rows = x.reshape(-1, x.shape[-1])
         return rows[np.sort(rng.choice(len(rows), min(count, len(rows)), replace=False))]
-    (kh, kw), per_image, sampled = layer.kernel_size, -(-count // len(x)), []
-    for start in range(0, len(x), 4):
-        patches = tf.image.extract_patches(
-            x[start:start + 4], sizes=[1, kh, kw, 1], strides=[1, *layer.strides, 1],
-            rates=[1, *layer.dilation_rate, 1], padding=layer.padding.upper()).numpy()
-        patches = patches.reshape(len(patches), -1, patches.shape[-1])
-        take = min(per_image, patches.shape[1])
-        sampled += [image[np.sort(rng.choice(len(image), take, replace=False))] for image in patches]
-    rows = np.concatenate(sampled)
-    return rows.reshape(len(rows), kh * kw, -1) if _kind(layer) == "DepthwiseConv2D" else rows
+    (kh, kw), per_image = layer.kernel_size, -(-count // len(x))
+    rows_y, top = _window_axis(x.shape[1], kh, layer.strides[0], layer.dilation_rate[0], layer.padding)
+    rows_x, left = _window_axis(x.shape[2], kw, layer.strides[1], layer.dilation_rate[1], layer.padding)
+    positions = rows_y * rows_x
+    take = min(per_image, positions)
+    where = np.stack([np.sort(rng.choice(positions, take, replace=False)) for _ in range(len(x))])
+    image = np.repeat(np.arange(len(x)), take)
+    ys = (where.reshape(-1) // rows_x) * layer.strides[0] - top
+    xs = (where.reshape(-1) % rows_x) * layer.strides[1] - left
+    ys = ys[:, None] + np.arange(kh) * layer.dilation_rate[0]  # [P, kh]
+    xs = xs[:, None] + np.arange(kw) * layer.dilation_rate[1]  # [P, kw]
+    inside = ((ys >= 0) & (ys < x.shape[1]))[:, :, None] & ((xs >= 0) & (xs < x.shape[2]))[:, None, :]
+    windows = x[image[:, None, None], np.clip(ys, 0, x.shape[1] - 1)[:, :, None],
+                np.clip(xs, 0, x.shape[2] - 1)[:, None, :]]  # [P, kh, kw, C]
+    windows *= inside[..., None]
+    if _kind(layer) == "DepthwiseConv2D":
+        return windows.reshape(len(windows), kh * kw, -1)
+    return windows.reshape(len(windows), -1)
+
+
+def _window_axis(size: int, kernel: int, stride: int, dilation: int, padding: str) -> tuple[int, int]:
+    """(output positions, padding before) along one spatial axis, as TensorFlow pads."""
+    span = (kernel - 1) * dilation + 1
+    if padding.lower() == "valid":
+        return (size - span) // stride + 1, 0
+    out = -(-size // stride)
+    return out, max((out - 1) * stride + span - size, 0) // 2
 
 
 class _Gram:
@@ -559,16 +577,18 @@ def _one_blas_thread():
 
 
 def _adaround_layer(reference, layer, x, settings: AdaRoundSettings, rng) -> dict:
-    """Learn ``reference``'s rounding on its float inputs ``x``; put ``layer``'s kernel at s * q."""
+    """Learn ``reference``'s rounding on its float inputs ``x``; put ``layer``'s kernel at s * q.
+    A kernel already on the grid (e.g. a model dequantized from an int8 file) has nothing to learn."""
     started = time.perf_counter()
-    patches = _patches(reference, x, settings.patches, rng)
-    gram = _Gram(reference, patches)
     weights = _columns(reference, reference.kernel).astype(np.float64)
     q_near, scale = _nearest_q(reference, qmax=settings.qmax)
-    q = q_near
-    if gram.mse(weights - q_near * scale) > 0:  # else already on the grid: nothing to learn
-        with _one_blas_thread():
-            q = _learned_rounding(weights, q_near, scale, gram, settings)
+    if np.all(np.abs(weights - q_near * scale) <= ON_GRID_TOLERANCE * scale):
+        _set_kernel(layer, q_near, scale)
+        return {"on_grid": True, "changed": 0.0, "seconds": time.perf_counter() - started}
+    patches = _patches(reference, x, settings.patches, rng)
+    gram = _Gram(reference, patches)
+    with _one_blas_thread():
+        q = _learned_rounding(weights, q_near, scale, gram, settings)
     nearest, learned = (gram.mse(weights - candidate * scale) for candidate in (q_near, q))
     if learned > nearest:  # not seen in practice; never hand back something worse than nearest
         q, learned = q_near, nearest
