@@ -162,3 +162,23 @@ def test_better_prefers_higher_snr_then_lower_kl():
     assert better(fid(math.inf, 0.0), fid(60.0, 0.0)) and not better(fid(30.0, 0.01), fid(30.0, 0.01))
     with pytest.raises(EdgeError, match="100 and 50 images"):
         better(fid(30.0, 0.01), PairedFidelity(count=50, agreement=1.0, snr_db=20.0, kl=0.1))
+
+
+def test_snr_gain_needs_more_than_one_image():
+    """A gain spread over the images has an interval above 0; the same total gain carried by one image
+    (the others slightly worse) does not."""
+    from edge_mobilenet.contracts.paired import snr_gain_db
+
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(50, 10))
+    noise = rng.normal(size=(50, 10))
+    incumbent = reference + 0.1 * noise
+    everywhere = reference + 0.05 * noise
+    gain, low, high = snr_gain_db(reference, everywhere, incumbent)
+    assert abs(gain - 20 * np.log10(2)) < 1e-9 and 0 < low <= gain <= high
+    outlier = incumbent.copy()
+    outlier[0] += 3 * noise[0]  # one bad image dominates the incumbent's error
+    one_image = incumbent * 1.0
+    one_image[1:] = reference[1:] + 0.11 * noise[1:]
+    gain, low, high = snr_gain_db(reference, one_image, outlier)
+    assert gain > 3 and low < 0 < high

@@ -50,7 +50,8 @@ def test_auto_tries_every_method_and_keeps_only_what_lowers_the_error(plain_and_
         assert record["requested"] == ["auto"] and record["held_out_images"] == 16
         assert record["calibration_images"] == 48
         names = [t["methods"] for t in record["trials"]]
-        assert names[:3] == ["plain", "bias-correction", "adaround+bias-correction"]
+        assert names[:2] == ["plain", "equalization"]  # V2's ReLU6 pairs, bounded by the calibration data
+        assert [n.removeprefix("equalization+") for n in names[2:4]] == ["bias-correction", "adaround+bias-correction"]
         assert any("ranges-percentile" in n for n in names)
         assert any("ranges-mse" in n for n in names) == (fmt == "int8")  # TFLite only
         for trial in record["trials"]:
@@ -103,13 +104,17 @@ def test_quant_report_shows_per_layer_what_each_method_fixed(trained, plain_and_
     plain, auto, _, plain_dir, auto_dir = plain_and_auto
     found = _quant_report(plain_dir / plain["int8"].file, trained, tmp_path, "--ptq-layers", "all")["ptq_layers"]
     weights = found["weights"]
-    assert {k for k in weights["layers"][0]} == {"layer", "plain", "bias-correction", "adaround",
-                                                 "adaround+bias-correction"}
+    everything = {"layer", "plain", "equalization", "bias-correction", "adaround",
+                  "equalization+adaround+bias-correction"}
+    assert set(max(weights["layers"], key=len)) == everything
+    # Conv1 is the first layer of an equalized pair: its outputs are rescaled, so no equalization entries
+    assert set(weights["layers"][0]) == {"layer", "plain", "bias-correction", "adaround"}
     assert len(weights["layers"]) > 20 and weights["layers"][0]["layer"] == "Conv1"
     assert weights["fixed"]["adaround"]  # learned rounding beats nearest on some layers, held out
     for method, names in weights["fixed"].items():
         rows = {r["layer"]: r for r in weights["layers"]}
-        assert all(rows[n][method] is None or rows[n][method] >= rows[n]["plain"] + 1 for n in names)
+        assert all(rows[n][method] is None or rows[n]["plain"] is not None and rows[n][method] >= rows[n]["plain"] + 1
+                   for n in names)
     ranges = found["ranges"]
     assert {"tensor", "layer", "minmax", "ranges-percentile", "ranges-mse"} == set(ranges["tensors"][0])
     assert set(ranges["fixed"]) == {"ranges-percentile", "ranges-mse"}

@@ -118,6 +118,31 @@ def better(a: PairedFidelity, b: PairedFidelity, min_gain_db: float = 0.0) -> bo
     return snr_a > snr_b or (snr_a == snr_b and a.kl < b.kl)
 
 
+def snr_gain_db(reference, candidate, incumbent, *, bootstrap: int = 2000, seed: int = 0,
+                confidence: float = 0.90) -> tuple[float, float, float]:
+    """(gain, low, high): the output SNR ``candidate`` adds over ``incumbent`` (dB; both [N, ...] outputs
+    of models paired with the float ``reference`` on the same N images) and the ``confidence``
+    percentile interval of that gain over ``bootstrap`` resamples of the images (one index set per
+    round for both, so the pairing holds). A gain carried by one or two images has a wide interval:
+    aggregate SNR is dominated by the images with the largest error."""
+    reference = np.asarray(reference, np.float64).reshape(len(reference), -1)
+    noise = [np.sum(np.square(np.asarray(o, np.float64).reshape(len(reference), -1) - reference), axis=1)
+             for o in (candidate, incumbent)]
+    if len(noise[0]) != len(noise[1]) or not len(reference):
+        raise EdgeError("snr gain: the outputs must pair with the reference, image for image")
+
+    def gain(a, b):
+        a, b = np.maximum(a, 1e-300), np.maximum(b, 1e-300)
+        return 10 * np.log10(b / a)
+
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(reference), size=(bootstrap, len(reference)))
+    resampled = gain(noise[0][picks].sum(axis=1), noise[1][picks].sum(axis=1))
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(resampled, [tail, 1.0 - tail])
+    return float(gain(noise[0].sum(), noise[1].sum())), float(low), float(high)
+
+
 def paired_or_none(float_outputs, quant_outputs, labels=None, label_offset: int = 0) -> PairedFidelity | None:
     """:func:`paired_fidelity` of outputs of any shape [N, ...], or None when the float outputs are not
     finite (nothing to pair with)."""

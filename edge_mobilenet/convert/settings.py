@@ -19,7 +19,7 @@ ONNX_ACTIVATION_TYPES = ("uint8", "int8")
 ONNX_CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 # Post-training methods beyond min/max (convert/quant/ptq.py): "auto" tries them on held-out calibration
 # images and keeps what lowers the int8 error; "none" is plain min/max; or name the ones to apply.
-PTQ_METHODS = ("bias-correction", "adaround", "ranges-percentile", "ranges-mse")
+PTQ_METHODS = ("equalization", "bias-correction", "adaround", "ranges-percentile", "ranges-mse")
 PTQ_MODES = ("auto", "none")
 DEFAULT_CALIBRATION = "calibration_data/digits"
 _BUNDLED_CALIBRATION = Path(__file__).resolve().parents[2] / DEFAULT_CALIBRATION

@@ -5,12 +5,15 @@ The calibration images are split: the first part calibrates (and feeds the weigh
 ONNX Runtime) whose outputs on the held-out images are paired with the float model's on the same images
 (``contracts/paired.py``: output SNR, then KL). With ``--ptq auto``:
 
+0. cross-layer equalization (``quant/equalize.py``; ReLU pairs, ReLU6 pairs where the calibration data
+   allow it) against plain, when the model has such pairs; the weight methods build on it if it wins;
 1. weights: plain (round to nearest), bias correction, AdaRound + bias correction (AdaRound alone
    when bias correction is not wanted) (``quant/weights.py``; the kernels put exactly on the runtime's int8 grid, so the converter keeps
    them); the best by paired fidelity is kept;
 2. activation ranges on those weights: min/max, percentile, MSE-optimal (TFLite: our estimates written
    into the calibrated model, ``quant/ranges.py``; ONNX: ONNX Runtime's percentile calibration, no MSE);
-a method is kept only when it beats what it would replace by ``MIN_GAIN_DB`` of SNR without a higher KL;
+a method is kept only when it beats what it would replace by ``MIN_GAIN_DB`` of SNR without a higher KL
+and the 90% paired-bootstrap interval of its SNR gain lies above 0 dB;
 when nothing does, the artifact is the plain one, byte for byte. Naming methods (``--ptq bias-correction,ranges-mse``) applies them without the
 contest; ``--ptq none`` is plain min/max. Every trial's fidelity goes into the manifest.
 """
@@ -30,6 +33,8 @@ MIN_HELD_OUT = 8
 MIN_CALIBRATION = 8  # fewer calibration images than this: nothing to hold out, plain min/max
 MIN_GAIN_DB = 0.5  # output SNR a method must add on the held-out images to be kept
 WEIGHT_METHODS = ("bias-correction", "adaround")
+EQUALIZATION = "equalization"
+MODEL_METHODS = (EQUALIZATION, *WEIGHT_METHODS)  # methods that change the float model, in the order applied
 RANGE_METHODS = {"ranges-percentile": "percentile", "ranges-mse": "mse"}
 
 
@@ -59,10 +64,24 @@ def split(calibration: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     return calibration[:-held], calibration[-held:]
 
 
+def label(methods: tuple[str, ...]) -> str:
+    """The contest's name for a set of model methods, e.g. equalization+adaround+bias-correction."""
+    order = (EQUALIZATION, "adaround", "bias-correction")
+    return "+".join(m for m in order if m in methods)
+
+
 def weight_model(base, method: tuple[str, ...], images: np.ndarray, qmax: int):
-    """``base`` with the weight methods applied (folded, kernels on the int8 grid), and their report."""
+    """``base`` with the model methods applied (folded; cross-layer equalization first, then the
+    weight methods, kernels on the int8 grid), and the last one's report."""
     from edge_mobilenet.convert.quant import weights
 
+    if EQUALIZATION in method:
+        from edge_mobilenet.convert.quant.equalize import equalize
+
+        base, report = equalize(base, images)
+        method = tuple(m for m in method if m != EQUALIZATION)
+        if not method:
+            return base, report
     if "adaround" in method:
         return weights.adaround(base, images, bias_correction="bias-correction" in method, qmax=qmax)
     return weights.bias_correct(base, images, qmax=qmax)
@@ -77,6 +96,7 @@ class Contest:
         self.calibrating, self.held = calibrating, held
         self.reference = np.asarray(base.predict(held, batch_size=32, verbose=0))
         self.trials: list[dict] = []
+        self.outputs: dict[str, np.ndarray] = {}  # per trial name: its outputs on the held-out images
 
     def score(self, name: str, model, ranges: str | None):
         from edge_mobilenet.contracts.paired import paired_fidelity
@@ -84,22 +104,29 @@ class Contest:
 
         started = time.perf_counter()
         artifact = self.trial(model if model is not None else self.base, ranges, self.calibrating)
-        fidelity = paired_fidelity(self.reference, run_artifact(artifact, self.runtime, self.held))
+        self.outputs[name] = run_artifact(artifact, self.runtime, self.held)
+        fidelity = paired_fidelity(self.reference, self.outputs[name])
         self.trials.append({"methods": name, **fidelity.to_dict(), "seconds": round(time.perf_counter() - started, 2)})
         _log(f"    ptq {name:32s} held-out SNR {fidelity.snr_db:6.2f} dB, KL {fidelity.kl:.4g}, "
              f"agreement {fidelity.agreement:.3f}")
         return fidelity
 
 
-def _best(scored: list[tuple[str, object, object]]):
+def _best(contest: Contest, scored: list[tuple[str, object, object]]):
     """The (name, payload, fidelity) that wins on paired fidelity: a later (more elaborate) candidate
-    replaces the incumbent only with ``MIN_GAIN_DB`` more output SNR and no higher KL, so a method is
-    not kept for a difference a few dozen held-out images can't tell from noise."""
-    from edge_mobilenet.contracts.paired import better
+    replaces the incumbent only when (1) it adds ``MIN_GAIN_DB`` of output SNR without a higher KL and
+    (2) the lower end of the 90% paired-bootstrap interval of that gain is above 0 dB, so a method is
+    not kept for a difference a few dozen held-out images can't tell from noise, nor for one carried by
+    an image or two (the SNR of a set is dominated by its worst images). Each comparison is recorded
+    in the candidate's trial (``gain_db_vs``)."""
+    from edge_mobilenet.contracts.paired import better, snr_gain_db
 
     best = scored[0]
     for candidate in scored[1:]:
-        if better(candidate[2], best[2], MIN_GAIN_DB):
+        gain, low, high = snr_gain_db(contest.reference, contest.outputs[candidate[0]], contest.outputs[best[0]])
+        trial = next(t for t in contest.trials if t["methods"] == candidate[0])
+        trial["gain_db_vs"] = {"incumbent": best[0], "gain": round(gain, 2), "ci90": [round(low, 2), round(high, 2)]}
+        if better(candidate[2], best[2], MIN_GAIN_DB) and low > 0:
             best = candidate
     return best
 
@@ -117,19 +144,34 @@ def choose(base, runtime: str, calibration: np.ndarray, settings: QuantizeSettin
     contest = Contest(trial, runtime, base, *parts)
     if settings.ptq != ("auto",):
         return _forced(contest, wanted, qmax, range_methods, started)
-    scored = []
-    for name, method in [("plain", ())] + weight_options(wanted):
-        model = None if not method else weight_model(base, method, contest.calibrating, qmax)[0]
-        scored.append((name, model, contest.score(name, model, None)))
-    weights_name, model, fidelity = _best(scored)
+    scored = [("plain", None, contest.score("plain", None, None))]
+    prefix = _equalization_trial(contest, wanted, qmax, scored)
+    for name, method in weight_options(wanted):
+        label, method = "+".join(prefix + (name,)), prefix + method
+        model = weight_model(base, method, contest.calibrating, qmax)[0]
+        scored.append((label, model, contest.score(label, model, None)))
+    weights_name, model, fidelity = _best(contest, scored)
     scored = [(weights_name, None, fidelity)]
     for name, estimator in range_methods.items():
         if name in wanted:
             label = f"{name}" if weights_name == "plain" else f"{weights_name}+{name}"
             scored.append((label, estimator, contest.score(label, model, estimator)))
-    label, ranges, fidelity = _best(scored)
+    label, ranges, fidelity = _best(contest, scored)
     applied = [] if label == "plain" else label.split("+")
     return PtqChoice(model, ranges, _record(list(settings.ptq), applied, contest, started))
+
+
+def _equalization_trial(contest: "Contest", wanted, qmax: int, scored: list) -> tuple[str, ...]:
+    """Score cross-layer equalization (plain rounding) against plain when wanted and the model has
+    pairs to equalize; ``(EQUALIZATION,)`` when it wins (the weight methods then build on it), else ()."""
+    if EQUALIZATION not in wanted:
+        return ()
+    model, pairs = weight_model(contest.base, (EQUALIZATION,), contest.calibrating, qmax)
+    if not pairs:
+        _log("    ptq equalization: no convolution pairs joined by a ReLU; not tried")
+        return ()
+    scored.append((EQUALIZATION, model, contest.score(EQUALIZATION, model, None)))
+    return (EQUALIZATION,) if _best(contest, scored)[0] == EQUALIZATION else ()
 
 
 def replay(base, record: dict | None, calibration: np.ndarray, qmax: int,
@@ -141,7 +183,7 @@ def replay(base, record: dict | None, calibration: np.ndarray, qmax: int,
     parts = split(calibration)
     if not applied or parts is None:
         return None
-    method = tuple(m for m in WEIGHT_METHODS if m in applied)
+    method = tuple(m for m in MODEL_METHODS if m in applied)
     model = weight_model(base, method, parts[0], qmax)[0] if method else None
     ranges = next((range_methods[m] for m in applied if m in range_methods), None)
     return PtqChoice(model, ranges, dict(record))
@@ -158,10 +200,10 @@ def weight_options(wanted: tuple[str, ...]) -> list[tuple[str, tuple[str, ...]]]
 
 def _forced(contest: Contest, wanted, qmax: int, range_methods: dict[str, str], started: float) -> PtqChoice:
     """Apply the named methods (no contest); plain and the result are both scored for the record."""
-    method = tuple(m for m in WEIGHT_METHODS if m in wanted)
+    method = tuple(m for m in MODEL_METHODS if m in wanted)
     model = weight_model(contest.base, method, contest.calibrating, qmax)[0] if method else None
     ranges = next((range_methods[m] for m in wanted if m in range_methods), None)
-    applied = [m for m in wanted if m in WEIGHT_METHODS or m in range_methods]
+    applied = [m for m in wanted if m in MODEL_METHODS or m in range_methods]
     contest.score("plain", None, None)
     if applied:
         contest.score("+".join(applied), model, ranges)

@@ -5,7 +5,8 @@
   the held-out calibration images; at each kernel layer's output, the SNR in dB of that model's values
   against the float model's. Weight quantization error accumulates through the network, so a layer's
   SNR shows the error at that point; a method "fixed" a layer where it raised that SNR over plain by
-  ``FIXED_GAIN_DB`` or more.
+  ``FIXED_GAIN_DB`` or more. Cross-layer equalization rescales the output channels of the first layer
+  of each pair (the next layer undoes it), so those layers have no entry for it.
 * Activation ranges (TFLite: percentile, MSE): per activation tensor of the calibrated model, the
   SNR of its held-out float values through the int8 grid of the calibrated min/max and of the
   estimator's range (rounding and clipping error); "fixed" as above.
@@ -51,6 +52,7 @@ def weight_effects(base, calibration: np.ndarray, qmax: int, methods: dict[str, 
     models = {"plain": plain, **{name: ptq.weight_model(base, method, calibrating, qmax)[0]
                                  for name, method in methods.items()}}
     layers = {name: {layer.name: layer for layer in weights._graph(model).layers} for name, model in models.items()}
+    rescaled = _rescaled_layers(reference) if any(ptq.EQUALIZATION in m for m in methods.values()) else set()
     rows: list[dict] = []
 
     def visit(node, calls):
@@ -61,12 +63,21 @@ def weight_effects(base, calibration: np.ndarray, qmax: int, methods: dict[str, 
         outputs += [layers[name][op.name](*args, **kwargs) for name, (args, kwargs) in zip(models, calls[1:])]
         if weights._kind(op):
             row = {"layer": op.name}
-            row.update({name: _snr_db(outputs[0], out) for name, out in zip(models, outputs[1:])})
+            row.update({name: _snr_db(outputs[0], out) for name, out in zip(models, outputs[1:])
+                        if not (op.name in rescaled and ptq.EQUALIZATION in methods.get(name, ()))})
             rows.append(row)
         return outputs
 
     weights._run(weights._graph(reference), held, 1 + len(models), visit)
     return rows
+
+
+def _rescaled_layers(folded) -> set[str]:
+    """Layers whose output channels equalization rescales (compared with float only after the next one)."""
+    from edge_mobilenet.convert.quant import weights
+    from edge_mobilenet.convert.quant.equalize import equalizable_pairs
+
+    return {first.name for first, _, _ in equalizable_pairs(weights._graph(folded))}
 
 
 def range_effects(saved_model_dir: str, calibration: np.ndarray, methods: dict[str, str], io: str,
@@ -99,5 +110,6 @@ def _gain(row: dict, method: str, baseline: str) -> float:
 
 def fixed(rows: list[dict], baseline: str, key: str) -> dict[str, list[str]]:
     """method -> the layers (or tensors) whose SNR it raised over ``baseline`` by ``FIXED_GAIN_DB``."""
-    methods = [m for m in (rows[0] if rows else {}) if m not in ("layer", "tensor", baseline)]
-    return {m: [r[key] for r in rows if _gain(r, m, baseline) >= FIXED_GAIN_DB] for m in methods}
+    widest = max(rows, key=len) if rows else {}
+    methods = [m for m in dict.fromkeys([*widest, *(k for r in rows for k in r)]) if m not in ("layer", "tensor", baseline)]
+    return {m: [r[key] for r in rows if m in r and _gain(r, m, baseline) >= FIXED_GAIN_DB] for m in methods}

@@ -133,10 +133,10 @@ def ptq_layer_effects(artifact: Path, entry, float_model, inputs, which: str, io
     if which == "none" or not wanted or ptq.split(inputs) is None:
         return None
     builder = BUILDERS[fmt.builder]
-    applied = tuple(m for m in ptq.WEIGHT_METHODS if m in wanted)
-    weight_methods = {"+".join(reversed(applied)): applied} if applied else {}  # ptq's names: adaround+bias-correction
-    if which == "all":  # each alone and both
-        weight_methods = {**{m: (m,) for m in ptq.WEIGHT_METHODS}, **weight_methods}
+    applied = tuple(m for m in ptq.MODEL_METHODS if m in wanted)
+    weight_methods = {ptq.label(applied): applied} if applied else {}
+    if which == "all":  # each alone, and all together
+        weight_methods = {**{m: (m,) for m in ptq.MODEL_METHODS}, **weight_methods}
     found = {"methods": list(wanted), "fixed_gain_db": ptq_layers.FIXED_GAIN_DB}
     if weight_methods:
         rows = ptq_layers.weight_effects(float_model.integer_base(), inputs, builder.qmax, weight_methods)
