@@ -35,10 +35,12 @@ def _snr_db(reference: np.ndarray, values: np.ndarray) -> float | None:
                float(np.sum(np.square(np.asarray(values, np.float64) - reference))))
 
 
-def weight_effects(base, calibration: np.ndarray, qmax: int, methods: dict[str, tuple[str, ...]]) -> list[dict]:
+def weight_effects(base, calibration: np.ndarray, qmax: int, methods: dict[str, tuple[str, ...]],
+                   built: dict | None = None) -> list[dict]:
     """Per kernel layer (graph order): ``{"layer", "plain": SNR dB, <method name>: SNR dB, ...}`` for
     ``methods`` (name -> weight methods, as in ``ptq.weight_model``), fit on the calibrating part of
-    ``calibration`` and measured on its held-out part (``ptq.split``)."""
+    ``calibration`` and measured on its held-out part (``ptq.split``). ``built``: name -> a model
+    those methods already made on the same split (not made again)."""
     import keras
 
     from edge_mobilenet.convert.quant import ptq, weights
@@ -49,7 +51,9 @@ def weight_effects(base, calibration: np.ndarray, qmax: int, methods: dict[str, 
     for layer in weights._graph(plain).layers:
         if weights._kind(layer):
             weights.snap_to_grid(layer, qmax)
-    models = {"plain": plain, **{name: ptq.weight_model(base, method, calibrating, qmax)[0]
+    built = built or {}
+    models = {"plain": plain, **{name: built[name] if name in built else
+                                 ptq.weight_model(base, method, calibrating, qmax)[0]
                                  for name, method in methods.items()}}
     layers = {name: {layer.name: layer for layer in weights._graph(model).layers} for name, model in models.items()}
     rescaled = _rescaled_layers(reference) if any(ptq.EQUALIZATION in m for m in methods.values()) else set()

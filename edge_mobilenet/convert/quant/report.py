@@ -139,7 +139,10 @@ def ptq_layer_effects(artifact: Path, entry, float_model, inputs, which: str, io
         weight_methods = {**{m: (m,) for m in ptq.MODEL_METHODS}, **weight_methods}
     found = {"methods": list(wanted), "fixed_gain_db": ptq_layers.FIXED_GAIN_DB}
     if weight_methods:
-        rows = ptq_layers.weight_effects(float_model.integer_base(), inputs, builder.qmax, weight_methods)
+        replayed = (float_model.ptq or {}).get(fmt.name)  # the recorded methods' model, made by _replay_ptq
+        recorded = tuple(m for m in ptq.MODEL_METHODS if m in ((record or {}).get("applied") or ()))
+        built = {ptq.label(recorded): replayed.model} if replayed is not None and replayed.model is not None else {}
+        rows = ptq_layers.weight_effects(float_model.integer_base(), inputs, builder.qmax, weight_methods, built)
         found["weights"] = {"layers": rows, "fixed": ptq_layers.fixed(rows, "plain", "layer")}
     range_methods = {name: builder.range_methods[name] for name in wanted if name in builder.range_methods}
     if range_methods and fmt.runtime == "tflite":
@@ -271,10 +274,10 @@ def run_quant_report(artifact: str | Path, float_path: str | Path, *, calibratio
     float_model.apply_hard_swish_rewrite(rewrite, inputs[:8])  # as the artifact was made
     extra = {"float_model": str(float_path), "calibration": images.record().to_json()}
     try:
+        _replay_ptq(artifact, entry, float_model, inputs)  # the artifact's float twin, shared with the effects
         effects = ptq_layer_effects(artifact, entry, float_model, inputs, ptq_layers, _io_of(entry))
         if effects is not None:
             extra["ptq_layers"] = effects
-        _replay_ptq(artifact, entry, float_model, inputs)
         rows, model_order = _layer_rows(artifact, float_model, inputs, debug_count)
     finally:
         float_model.close()
