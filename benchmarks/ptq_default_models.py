@@ -69,7 +69,7 @@ def main() -> None:
              "27-47 dB), while the validation split is harder (SNR 19-34 dB); a method that wins on the former "
              "can lose on the latter (clipped activation ranges most of all). Calibrate on images like the ones "
              "the model will see; `--ptq none` gives plain min/max. Each artifact's record "
-             "(`facts.recipe.ptq.trials`) gives every trial's held-out SNR and its 90% gain interval."]
+             "(`facts.recipe.ptq.trials`) gives every trial's held-out SNR and its gain interval."]
     report = "\n".join(lines) + "\n"
     print(report)
     (REPO / "benchmarks" / "results" / "ptq_default_models.md").write_text(report)

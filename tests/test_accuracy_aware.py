@@ -117,6 +117,8 @@ def test_onnx_target_keeps_convolutions_out_of_qdq(trained, tmp_path):
     record = entry.facts["recipe"]["accuracy_aware"]
     assert record["applied"] and record["met"] and record["top1"] >= record["float_top1"]
     assert entry.facts["recipe"]["nodes_to_exclude"] == record["float_nodes"]
+    # layers kept in float are the float model's own: no weight methods under a target
+    assert "bias-correction" in entry.facts["recipe"]["ptq"]["not_combined_with_target_accuracy"]
     graph = onnx.load(str(tmp_path / entry.file)).graph
     producers = {out: node.op_type for node in graph.node for out in node.output}
     float_nodes = [next(n for n in graph.node if n.name == name) for name in record["float_nodes"]]

@@ -77,12 +77,14 @@ def test_named_methods_are_applied_and_recorded(trained, tmp_path):
     assert entries["int8"].validation.agreement_with_float > 0.8
 
 
-@pytest.mark.parametrize("value, message", [
-    ("adaroud", "ptq 'adaroud' is not a post-training method; choose auto, none, or one or more of"),
-    ("auto,adaround", "ptq 'auto,adaround': auto and none stand alone"),
+@pytest.mark.parametrize("value, extra, message", [
+    ("adaroud", (), "ptq 'adaroud' is not a post-training method; choose auto, none, or one or more of"),
+    ("auto,adaround", (), "ptq 'auto,adaround': auto and none stand alone"),
+    ("bias-correction,ranges-mse", ("--target-accuracy", "1pt"),
+     "--ptq bias-correction changes the float model's weights; --target-accuracy keeps layers in float"),
 ])
-def test_bad_ptq_values_are_one_line(tmp_path, value, message):
-    result = _quantize(tmp_path, "--model", "mobilenet_v1", "--ptq", value, check=False)
+def test_bad_ptq_values_are_one_line(tmp_path, value, extra, message):
+    result = _quantize(tmp_path, "--model", "mobilenet_v1", "--ptq", value, *extra, check=False)
     assert result.returncode == 2 and message in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "manifest.json").exists()

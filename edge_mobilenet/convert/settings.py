@@ -21,6 +21,8 @@ ONNX_CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 # images and keeps what lowers the int8 error; "none" is plain min/max; or name the ones to apply.
 PTQ_METHODS = ("equalization", "bias-correction", "adaround", "ranges-percentile", "ranges-mse")
 PTQ_MODES = ("auto", "none")
+# Methods that change the float model's kernels and biases (the rest only choose activation ranges).
+MODEL_PTQ_METHODS = ("equalization", "bias-correction", "adaround")
 DEFAULT_CALIBRATION = "calibration_data/digits"
 _BUNDLED_CALIBRATION = Path(__file__).resolve().parents[2] / DEFAULT_CALIBRATION
 
@@ -95,6 +97,10 @@ class QuantizeSettings:
         if self.calibration.seed < 0:
             raise EdgeError(f"--seed must be >= 0; received {self.calibration.seed}")
         _check_ptq(self.ptq)
+        changing = [m for m in self.ptq if m in MODEL_PTQ_METHODS]
+        if changing and self.target_accuracy is not None:
+            raise EdgeError(f"--ptq {','.join(changing)} changes the float model's weights; --target-accuracy "
+                            "keeps layers in float as the float model has them: use range methods or auto")
         if self.latency_profile is not None:
             if self.target_accuracy is None:
                 raise EdgeError("--latency-profile ranks the layers of the accuracy-aware search: give "

@@ -86,8 +86,10 @@ def search(quantizer, ranking: list, score, float_top1: float, target: AccuracyT
     def evaluate(k: int) -> float:
         if k not in cache:
             model = quantizer.quantize([r.node for r in ranking[:k]])
-            steps.append(_step(k, score(model), float_top1, threshold))
-            cache[k] = (steps[-1]["top1"], model, steps[-1])
+            result = score(model)
+            steps.append(_step(k, result, float_top1, threshold))
+            value = float(result.quant_top1 if hasattr(result, "quant_top1") else result)  # unrounded
+            cache[k] = (value, model, steps[-1])
             paired = (f", agreement {steps[-1]['agreement']:.3f}, delta {100 * steps[-1]['delta_top1']:+.1f} pt "
                       f"(95% CI {100 * steps[-1]['delta_ci'][0]:+.1f} to {100 * steps[-1]['delta_ci'][1]:+.1f}): "
                       f"{steps[-1]['verdict']}" if "verdict" in steps[-1] else "")

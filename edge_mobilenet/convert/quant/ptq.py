@@ -13,7 +13,7 @@ ONNX Runtime) whose outputs on the held-out images are paired with the float mod
 2. activation ranges on those weights: min/max, percentile, MSE-optimal (TFLite: our estimates written
    into the calibrated model, ``quant/ranges.py``; ONNX: ONNX Runtime's percentile calibration, no MSE);
 a method is kept only when it beats what it would replace by ``MIN_GAIN_DB`` of SNR without a higher KL
-and the 90% paired-bootstrap interval of its SNR gain lies above 0 dB;
+and the paired-bootstrap interval of its SNR gain (widened for the number of candidates) lies above 0 dB;
 when nothing does, the artifact is the plain one, byte for byte. Naming methods (``--ptq bias-correction,ranges-mse``) applies them without the
 contest; ``--ptq none`` is plain min/max. Every trial's fidelity goes into the manifest.
 """
@@ -26,15 +26,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge_mobilenet.convert.settings import PTQ_METHODS, QuantizeSettings
+from edge_mobilenet.convert.settings import MODEL_PTQ_METHODS, PTQ_METHODS, QuantizeSettings
 
 HELD_OUT_SHARE = 0.25
 MIN_HELD_OUT = 8
 MIN_CALIBRATION = 8  # fewer calibration images than this: nothing to hold out, plain min/max
 MIN_GAIN_DB = 0.5  # output SNR a method must add on the held-out images to be kept
+FAMILY_ALPHA = 0.05  # one-sided chance, over all candidates of a contest, of keeping a method for noise
 WEIGHT_METHODS = ("bias-correction", "adaround")
 EQUALIZATION = "equalization"
-MODEL_METHODS = (EQUALIZATION, *WEIGHT_METHODS)  # methods that change the float model, in the order applied
+MODEL_METHODS = MODEL_PTQ_METHODS  # methods that change the float model, in the order applied
+assert MODEL_METHODS == (EQUALIZATION, *WEIGHT_METHODS)
 RANGE_METHODS = {"ranges-percentile": "percentile", "ranges-mse": "mse"}
 
 
@@ -115,17 +117,22 @@ class Contest:
 def _best(contest: Contest, scored: list[tuple[str, object, object]]):
     """The (name, payload, fidelity) that wins on paired fidelity: a later (more elaborate) candidate
     replaces the incumbent only when (1) it adds ``MIN_GAIN_DB`` of output SNR without a higher KL and
-    (2) the lower end of the 90% paired-bootstrap interval of that gain is above 0 dB, so a method is
-    not kept for a difference a few dozen held-out images can't tell from noise, nor for one carried by
-    an image or two (the SNR of a set is dominated by its worst images). Each comparison is recorded
-    in the candidate's trial (``gain_db_vs``)."""
+    (2) the lower end of the paired-bootstrap interval of that gain is above 0 dB, so a method is not
+    kept for a difference a few dozen held-out images can't tell from noise, nor for one carried by an
+    image or two (the SNR of a set is dominated by its worst images). The interval is Bonferroni-wide
+    for the number of candidates (one-sided ``FAMILY_ALPHA`` over the whole contest: 90% for one
+    candidate, 98% for five), since trying more methods gives more chances to keep a lucky one. Each
+    comparison is recorded in the candidate's trial (``gain_db_vs``)."""
     from edge_mobilenet.contracts.paired import better, snr_gain_db
 
     best = scored[0]
+    confidence = 1.0 - 2.0 * FAMILY_ALPHA / max(1, len(scored) - 1)
     for candidate in scored[1:]:
-        gain, low, high = snr_gain_db(contest.reference, contest.outputs[candidate[0]], contest.outputs[best[0]])
+        gain, low, high = snr_gain_db(contest.reference, contest.outputs[candidate[0]], contest.outputs[best[0]],
+                                      confidence=confidence)
         trial = next(t for t in contest.trials if t["methods"] == candidate[0])
-        trial["gain_db_vs"] = {"incumbent": best[0], "gain": round(gain, 2), "ci90": [round(low, 2), round(high, 2)]}
+        trial["gain_db_vs"] = {"incumbent": best[0], "gain": round(gain, 2), "confidence": round(confidence, 3),
+                               "interval": [round(low, 2), round(high, 2)]}
         if better(candidate[2], best[2], MIN_GAIN_DB) and low > 0:
             best = candidate
     return best
@@ -134,8 +141,25 @@ def _best(contest: Contest, scored: list[tuple[str, object, object]]):
 def choose(base, runtime: str, calibration: np.ndarray, settings: QuantizeSettings, trial, qmax: int,
            range_methods: dict[str, str]) -> PtqChoice:
     """The PtqChoice for one integer format (see the module docstring). ``trial(model, ranges, images)``
-    converts a candidate; ``range_methods`` maps our method names to the runtime's estimators."""
+    converts a candidate; ``range_methods`` maps our method names to the runtime's estimators.
+
+    With ``--target-accuracy`` only the range estimators take part: the accuracy-aware search keeps
+    layers in float, which must be the original float layers (the model methods change every kernel
+    and bias, so with all layers in float the model would still not be the float model)."""
     wanted = PTQ_METHODS if settings.ptq == ("auto",) else settings.ptq
+    removed = [m for m in wanted if m in MODEL_METHODS] if settings.target_accuracy is not None else []
+    if removed:
+        wanted = tuple(m for m in wanted if m not in MODEL_METHODS)
+        _log(f"    ptq {', '.join(removed)}: not combined with --target-accuracy (layers kept in float must be "
+             "the float model's own)")
+    choice = _choose(base, runtime, calibration, settings, trial, qmax, range_methods, wanted)
+    if removed:
+        choice.record["not_combined_with_target_accuracy"] = removed
+    return choice
+
+
+def _choose(base, runtime: str, calibration: np.ndarray, settings: QuantizeSettings, trial, qmax: int,
+            range_methods: dict[str, str], wanted: tuple[str, ...]) -> PtqChoice:
     parts = split(calibration)
     if settings.ptq == ("none",) or parts is None:
         reason = "--ptq none" if parts else f"{len(calibration)} calibration images: too few to hold any out"
