@@ -67,18 +67,38 @@ def main() -> None:
             for entry in read_manifest(folder).entries:
                 rows.append(row(label, ptq, entry, seconds))
                 print(rows[-1], flush=True)
+    command = f"- `{' '.join(sys.argv)}` ({time.strftime('%Y-%m-%d')})"
+    rows, runs = _merged(rows, args.models.split(","), args.ptq.split(","), command)
     lines = ["# Post-training int8 methods vs plain min/max", "",
-             f"`{' '.join(sys.argv)}`; calibrated on 200 imagenet-sample images, paired with float on the other "
+             "Calibrated on 200 imagenet-sample images, paired with float on the other "
              "800; TFLite via LiteRT 2.3, ONNX via ONNX Runtime 1.31 (U8S8 QDQ, 7-bit per-channel weights); "
              "2-core x86 VM. `kept`: what `--ptq auto` kept after its held-out contest (named methods are applied "
              "as asked). `ptq s`: the post-training methods' own seconds for that artifact (held-out contest or "
              "named methods); `run s`: the whole quantize run for both formats (load, calibrate, methods, "
-             "convert, validate on 800 images).", "",
+             "convert, validate on 800 images).", "", *runs, "",
              "| model | format | --ptq | kept | SNR dB | KL | agreement % | top-1 (of float) | Δ top-1 95% CI (pt) "
              "| ptq s | run s |", "|---|---|---|---|---|---|---|---|---|---|---|", *rows]
     report = "\n".join(lines) + "\n"
     print(report)
     (REPO / "benchmarks" / "results" / "ptq_methods.md").write_text(report)
+
+
+def _merged(rows: list[str], models: list[str], ptqs: list[str], command: str) -> tuple[list[str], list[str]]:
+    """The committed table's rows with those of this run's models x --ptq values replaced (so one method
+    can be re-run alone), in model then PTQ order; and the runs that produced them (the committed ones
+    whose rows are all replaced are dropped)."""
+    path = REPO / "benchmarks" / "results" / "ptq_methods.md"
+    text = path.read_text() if path.is_file() else ""
+    key = lambda line: tuple(cell.strip() for cell in line.strip("|").split("|")[:3])  # model, format, ptq
+    labels = {MODELS[m][0] for m in models}
+    old = [line for line in text.splitlines() if line.startswith("| MobileNet")
+           and not (key(line)[0] in labels and key(line)[2] in ptqs)]
+    order = {label: i for i, (label, _) in enumerate(MODELS.values())}
+    methods = PTQ.split(",")
+    rank = lambda line: (order.get(key(line)[0], 99), methods.index(key(line)[2]) if key(line)[2] in methods else 99,
+                         key(line)[1])
+    runs = [line.strip() for line in text.splitlines() if line.startswith("- `")] if old else []
+    return sorted(old + rows, key=rank), [*runs, command]
 
 
 if __name__ == "__main__":
