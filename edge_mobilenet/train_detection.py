@@ -17,6 +17,12 @@ Choices, as the TF Object Detection API's SSDLite configs make them:
     anew per batch. Without it the model memorises the 400 training images (on the default synthetic
     set: train-split mAP@0.5 0.88, val 0.03); with it train and val agree (0.13, 0.11). No flips: they
     would mirror digits into other shapes (or other digits).
+  * open (issue 11): at 96 px the paper's taps (C4 stride 16, C5) give 204 anchors, and only 34% of the
+    synthetic set's boxes (sides 0.14-0.40 of the image) have an anchor of IoU >= 0.5 (0.57 positives
+    per box); a stride-8 tap (V2: block_6_expand_relu) gives 744 anchors, 78% and 2.0. Measured with
+    2,000 synthetic images, the digits classifier as backbone, 15 epochs: val mAP@0.5 0.073 (paper taps)
+    vs 0.098 (with the stride-8 tap); class-agnostic 0.26 vs 0.31, the same on the train split, so
+    the model underfits (1,500 steps); longer training is the next experiment.
 
 Data are numpy arrays in memory: every image resized (whole, no crop: boxes are normalised) to the
 model's input and given its preprocessing. From scratch, BatchNormalization uses momentum 0.9 (see
