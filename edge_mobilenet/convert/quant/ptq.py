@@ -33,10 +33,8 @@ MIN_HELD_OUT = 8
 MIN_CALIBRATION = 8  # fewer calibration images than this: nothing to hold out, plain min/max
 MIN_GAIN_DB = 0.5  # output SNR a method must add on the held-out images to be kept
 FAMILY_ALPHA = 0.05  # one-sided chance, over all candidates of a contest, of keeping a method for noise
-WEIGHT_METHODS = ("bias-correction", "adaround")
-EQUALIZATION = "equalization"
 MODEL_METHODS = MODEL_PTQ_METHODS  # methods that change the float model, in the order applied
-assert MODEL_METHODS == (EQUALIZATION, *WEIGHT_METHODS)
+EQUALIZATION, WEIGHT_METHODS = MODEL_METHODS[0], MODEL_METHODS[1:]  # "equalization"; bias-correction, adaround
 RANGE_METHODS = {"ranges-percentile": "percentile", "ranges-mse": "mse"}
 
 
