@@ -109,7 +109,8 @@ def describe(model, alpha, size, classes, depth_multiplier, as_json):
 @click.option("--alpha", type=float, default=0.25, show_default=True)
 @click.option("--size", type=int, default=32, show_default=True)
 @click.option("--data", "data_dir", type=click.Path(), default=None,
-              help="Image folder with one sub-folder per class; default: scikit-learn's digits.")
+              help="Image folder with one sub-folder per class; default: scikit-learn's digits. "
+                   "Detectors: a COCO folder with train/ and val/; default: the synthetic digits set.")
 @click.option("--epochs", type=int, default=30, show_default=True)
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--learning-rate", type=float, default=2e-3, show_default=True)
@@ -122,10 +123,35 @@ def describe(model, alpha, size, classes, depth_multiplier, as_json):
               help="BatchNormalization momentum; default 0.9 from scratch, the model's own when fine-tuning.")
 @click.option("--output", type=click.Path(), default="build/models", show_default=True,
               help="Folder for MODEL.keras and MODEL.metrics.json.")
+@click.option("--images", "synthetic_count", type=int, default=None,
+              help="Detectors without --data: images in the synthetic set (train + val) [2000].")
+@click.option("--stride8-map/--paper-maps", default=True, show_default=True,
+              help="Detectors: add a feature map at output stride 8 (small objects at small inputs) "
+                   "or keep the papers' taps only.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(model_name, alpha, size, data_dir, epochs, batch_size, learning_rate, validation_split,
-          seed, weights, freeze_base, bn_momentum, output, quiet):
-    """Train or fine-tune a registered model on an image dataset."""
+          seed, weights, freeze_base, bn_momentum, output, synthetic_count, stride8_map, quiet):
+    """Train or fine-tune a registered model on an image dataset.
+
+    A detector (ssdlite_*, see `edge-bench models`) trains on a COCO folder with train/ and val/ and
+    reports COCO mAP on val; options left at their defaults take the detector's own defaults.
+    """
+    from edge_mobilenet.models.registry import DETECTORS
+
+    if model_name in DETECTORS:
+        from click.core import ParameterSource
+
+        for option, name in (("--freeze-base", "freeze_base"), ("--validation-split", "validation_split")):
+            if click.get_current_context().get_parameter_source(name) != ParameterSource.DEFAULT:
+                raise EdgeError(f"{option} applies to classifiers only; a detector trains on the train/ and "
+                                f"val/ folders of --data")
+        _train_detector(model_name, data_dir=data_dir, weights=weights, output=output, quiet=quiet,
+                        stride8_map=stride8_map, alpha=alpha, size=size, epochs=epochs, batch_size=batch_size,
+                        learning_rate=learning_rate, seed=seed, bn_momentum=bn_momentum,
+                        synthetic_count=synthetic_count)
+        return
+    if synthetic_count is not None:
+        raise EdgeError(f"--images applies to detectors only; {model_name} trains on --data or the digits")
     from edge_mobilenet.train import TrainSettings, train_model
 
     settings = TrainSettings(model=model_name, alpha=alpha, size=size, data_dir=data_dir,
@@ -135,6 +161,22 @@ def train(model_name, alpha, size, data_dir, epochs, batch_size, learning_rate, 
                              progress=not quiet)
     result = train_model(settings)
     click.echo(json.dumps({k: result[k] for k in ("model_path", "val_accuracy", "seconds")}))
+
+
+def _train_detector(model_name: str, *, data_dir, weights, output, quiet, stride8_map, **options) -> None:
+    """``train`` for a detector: options the user did not give (or gave as None) keep the detector's
+    defaults (train_detection.DetectionTrainSettings)."""
+    from click.core import ParameterSource
+
+    from edge_mobilenet.train_detection import DetectionTrainSettings, train_detector
+
+    context = click.get_current_context()
+    given = {name: value for name, value in options.items()
+             if value is not None and context.get_parameter_source(name) != ParameterSource.DEFAULT}
+    settings = DetectionTrainSettings(model=model_name, data_dir=data_dir, weights=weights, output_dir=output,
+                                      progress=not quiet, stride8_map=stride8_map, **given)
+    result = train_detector(settings)
+    click.echo(json.dumps({"model_path": result["model_path"], **result["metrics"], "seconds": result["seconds"]}))
 
 
 @main.command()

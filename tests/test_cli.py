@@ -29,6 +29,10 @@ def test_describe_table_shows_totals_and_separable_ratio(cli):
     (["describe", "mobilenet_v3_small", "--size", "20"], "size=20"),
     (["describe", "mobilenet_v2", "--classes", "0"], "classes=0"),
     (["train", "--data", "/nonexistent/folder", "--epochs", "1"], "/nonexistent/folder: folder does not exist"),
+    (["train", "--model", "ssdlite_mobilenet_v2", "--freeze-base"], "--freeze-base applies to classifiers only"),
+    (["train", "--model", "ssdlite_mobilenet_v2", "--images", "1"], "--images"),
+    (["train", "--model", "ssdlite_mobilenet_v2", "--data", "/nonexistent"], "/nonexistent: expected a COCO folder"),
+    (["train", "--images", "50"], "--images applies to detectors only"),
 ])
 def test_bad_input_is_one_line_and_nonzero(args, message):
     """Run the installed console script: exit status, stderr and no traceback as a user sees them."""

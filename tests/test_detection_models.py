@@ -136,6 +136,21 @@ def test_forward_pass_shapes_at_96(name):
             "class_predictor_5_conv", *DETECTORS[name].spec.taps} <= names
 
 
+@pytest.mark.parametrize("name", sorted(DETECTORS))
+def test_stride8_map_taps_the_expansion_of_the_first_stride16_block(name):
+    from edge_mobilenet.models.detection import detector_anchors, feature_map_sizes
+
+    plain = build_detector(name, alpha=0.5, size=96, classes=3)
+    model = build_detector(name, alpha=0.5, size=96, classes=3, stride8_map=True)
+    assert model.name.endswith("_s8_0.5_96")
+    tap = DETECTORS[name].spec.stride8_tap
+    assert tuple(model.get_layer(tap).output.shape[1:3]) == (12, 12)  # 96 / 8
+    assert feature_map_sizes(model) == [(12, 12)] + feature_map_sizes(plain)
+    # the stride-8 map takes the reduced lowest layer's 3 anchors; the former first map gets 6
+    assert len(detector_anchors(model)) == 12 * 12 * 3 + 6 * 6 * 6 + 3 * 3 * 6 + 2 * 2 * 6 + 3 * 6
+    assert model.count_params() > plain.count_params()
+
+
 def test_reduced_tail_halves_the_layers_after_c4(tmp_path):
     from edge_mobilenet.models.detection import load_backbone_weights
 

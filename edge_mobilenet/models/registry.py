@@ -178,7 +178,7 @@ def build_model(name: str, **options):
 
 
 def make_detector_config(name: str, *, alpha: float | None = None, size: int | tuple[int, int] | None = None,
-                         classes: int | None = None, reduced_tail: bool = False,
+                         classes: int | None = None, reduced_tail: bool = False, stride8_map: bool = False,
                          bn_momentum: float | None = None, include_preprocessing: bool = True,
                          hard_swish: str = "fused") -> DetectorConfig:
     """Validate arguments for detector ``name`` (None: the entry's default); errors name the value."""
@@ -195,9 +195,9 @@ def make_detector_config(name: str, *, alpha: float | None = None, size: int | t
                            bn_momentum=None if bn_momentum is None else float(bn_momentum),
                            include_preprocessing=include_preprocessing, hard_swish=hard_swish,
                            name=entry.spec.backbone)
-    suffix = "_reduced" if reduced_tail else ""
+    suffix = ("_reduced" if reduced_tail else "") + ("_s8" if stride8_map else "")
     return DetectorConfig(backbone=backbone, classes=classes, reduced_tail=bool(reduced_tail),
-                          name=f"{name}{suffix}_{alpha:g}_{height}")
+                          stride8_map=bool(stride8_map), name=f"{name}{suffix}_{alpha:g}_{height}")
 
 
 def build_detector(name: str, *, backbone_weights=None, **options):
