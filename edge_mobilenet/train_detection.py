@@ -251,22 +251,29 @@ def _existing_manifest(folder: Path) -> dict | None:
 
 def load_split(folder: Path, size: int, preprocessing, anchors: np.ndarray, matcher: MatcherSettings) -> DetectionArrays:
     """A COCO folder as arrays: images resized to ``size`` with the model's preprocessing, and targets."""
-    from PIL import Image
-
     from edge_mobilenet.data.detection import load_coco
 
     coco = load_coco(folder)
-    pixels = np.zeros((len(coco.images), size, size, 3), np.uint8)
-    for index, image in enumerate(coco.images):
+    pixels = image_pixels(coco.images, size)
+    targets = [anchor_targets(image.boxes[~image.crowd], image.classes[~image.crowd], anchors, matcher)
+               for image in coco.images]
+    return DetectionArrays(preprocessing.apply(pixels), np.stack([t[0] for t in targets]),
+                           np.stack([t[1] for t in targets]), coco)
+
+
+def image_pixels(images, size: int) -> np.ndarray:
+    """The images of a COCO set as uint8 [M, size, size, 3]: whole, resized bilinearly (boxes stay
+    normalised)."""
+    from PIL import Image
+
+    pixels = np.zeros((len(images), size, size, 3), np.uint8)
+    for index, image in enumerate(images):
         with Image.open(image.path) as opened:
             rgb = opened.convert("RGB")
             if rgb.size != (size, size):
                 rgb = rgb.resize((size, size), Image.BILINEAR)
             pixels[index] = np.asarray(rgb)
-    targets = [anchor_targets(image.boxes[~image.crowd], image.classes[~image.crowd], anchors, matcher)
-               for image in coco.images]
-    return DetectionArrays(preprocessing.apply(pixels), np.stack([t[0] for t in targets]),
-                           np.stack([t[1] for t in targets]), coco)
+    return pixels
 
 
 def zoom_and_shift(image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator,

@@ -16,7 +16,7 @@ from typing import Any
 
 from edge_mobilenet.errors import EdgeError
 
-TASKS = ("classification",)
+TASKS = ("classification", "detection")
 RUN_STATUSES = ("ok", "failed")
 
 

@@ -92,6 +92,12 @@ def quantize_model(request: ModelRequest, settings: QuantizeSettings, manifest: 
 
     output_dir = Path(settings.output_dir)
     source = _source_file(request, settings)
+    if source is not None:
+        from edge_mobilenet.convert.detection_batch import detection_record, quantize_detector
+
+        record = detection_record(source)
+        if record is not None:
+            return quantize_detector(source, record, request.formats, settings, manifest)
     keys = _keys(request, settings, source, calibration_sha) if source is not None else {}
     stem = source.stem if source is not None else None
     cached = {f: manifest.cached(f"{stem}{FORMATS[f].suffix}", keys[f]) for f in keys}

@@ -149,12 +149,19 @@ def parse_runtime(spec: str) -> tuple[str, str]:
     return name, key
 
 
+# Custom ops every TFLite release's BuiltinOpResolver registers itself (tensorflow/lite/kernels/register.cc:
+# AddCustom since TF 1.x): SSD detectors' post-processing runs without extra registration.
+RESOLVER_CUSTOM_OPS = ("TFLite_Detection_PostProcess",)
+
+
 def _tflite_problems(ops: list[dict], key: str) -> list[str]:
     maxima = TFLITE_MAX_VERSIONS[key]
     release = key.split("==")[1]
     problems = []
     for op in ops:
         name, version = op["op"], op["version"]
+        if name == "CUSTOM" and op.get("custom_code") in RESOLVER_CUSTOM_OPS:
+            continue
         if name == "CUSTOM":
             problems.append(f"custom op {op.get('custom_code')!r} needs a registered custom kernel")
         elif name not in maxima:
