@@ -123,3 +123,72 @@ def test_loss_decreases_and_training_saves_a_reloadable_model(tmp_path, cli):
     reloaded = keras.models.load_model(record["model_path"], compile=False)
     boxes, logits = reloaded(train.images[:1], training=False)
     assert boxes.shape == (1, len(anchors), 4) and logits.shape == (1, len(anchors), 11)
+
+
+@pytest.fixture(scope="module")
+def trained_detector(tmp_path_factory):
+    """A 1-epoch SSDLite V2 0.35 at 64 px on a 16-image synthetic set, trained through the CLI."""
+    from click.testing import CliRunner
+
+    from edge_mobilenet.cli import main
+
+    folder = tmp_path_factory.mktemp("detector")
+    result = CliRunner().invoke(main, ["train", "--model", "ssdlite_mobilenet_v2", "--alpha", "0.35", "--size",
+                                       "64", "--images", "16", "--epochs", "1", "--batch-size", "4", "--output",
+                                       str(folder), "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output.strip().splitlines()[-1])["model_path"]
+
+
+def test_quantize_writes_detection_artifacts_with_four_outputs_and_map(trained_detector, tmp_path, cli):
+    from edge_mobilenet.contracts.manifest import Manifest
+    from edge_mobilenet.convert.detection import OUTPUT_NAMES
+
+    args = ("quantize", "--model", trained_detector, "--output", tmp_path, "--formats", "fp32,int8,onnx-int8")
+    result = cli(*args)
+    assert result.exit_code == 0, result.output
+    entries = {entry.format: entry for entry in Manifest(tmp_path).entries}  # read back through validation
+    assert set(entries) == {"fp32", "int8", "onnx-int8"}
+    for entry in entries.values():
+        assert entry.task == "detection" and [o.name for o in entry.outputs] == list(OUTPUT_NAMES)
+        assert entry.outputs[0].shape == (1, 10, 4) and entry.outputs[3].shape == (1,)
+        assert set(entry.validation.metrics) == set(entry.validation.float_metrics) == {"map", "map50", "map75"}
+        assert entry.validation.eval_images == 3  # the val split of 16 images
+        detection = entry.facts["detection"]
+        assert detection["box_coder"]["scale_factors"] == [10.0, 10.0, 5.0, 5.0]
+        assert detection["nms"]["max_detections"] == 10 and detection["anchors"]["count"] == 8 * 8 * 3 + 4 * 4 * 6 + 2 * 2 * 6 + 4 * 6  # stride 8 to 1x1
+    assert entries["fp32"].validation.metrics == entries["fp32"].validation.float_metrics
+    assert entries["int8"].input.dtype == "int8" and entries["int8"].calibration.count == 13
+    assert entries["int8"].facts["delegation"]["ops_outside"] == {"TFLite_Detection_PostProcess": 1}
+    assert entries["onnx-int8"].facts["export"]["ops"]["NonMaxSuppression"] == 1
+    again = cli(*args)
+    assert again.exit_code == 0 and again.output.count(" cached ") == 3
+
+
+def test_quantize_detector_bad_input_is_one_line(trained_detector, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    def run(*args):
+        result = subprocess.run([sys.executable, "-m", "edge_mobilenet.cli", "quantize", *map(str, args)],
+                                capture_output=True, text=True)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("edge-bench: error:")]
+        assert result.returncode != 0 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+        return errors[0]
+
+    assert "--target-accuracy is not available for detectors" in run(
+        "--model", trained_detector, "--output", tmp_path, "--formats", "int8", "--target-accuracy", "99%")
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    model = Path(trained_detector)
+    for name in (model.name, f"{model.stem}.metrics.json"):
+        shutil.copy(model.with_name(name), copy / name)
+    record = json.loads((copy / f"{model.stem}.metrics.json").read_text())
+    record["dataset"]["path"] = str(tmp_path / "gone")
+    (copy / f"{model.stem}.metrics.json").write_text(json.dumps(record))
+    assert f"{tmp_path / 'gone' / 'train'}: the train split" in run("--model", copy / model.name, "--output", tmp_path)
+    record["box_coder"]["scale_factors"] = [1, 1, 1, 1]
+    (copy / f"{model.stem}.metrics.json").write_text(json.dumps(record))
+    assert "box_coder.scale_factors" in run("--model", copy / model.name, "--output", tmp_path)
