@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,26 @@ def bench_artifacts(tmp_path_factory) -> Path:
     subprocess.run([sys.executable, "-m", "edge_mobilenet.cli", "quantize", "--quiet", "--model", model,
                     "--formats", "fp32,int8,onnx,onnx-int8", "--count", "50", "--output", str(output)],
                    check=True, capture_output=True)
+    return output
+
+
+@pytest.fixture(scope="session")
+def trained_detector(tmp_path_factory) -> str:
+    """A 1-epoch SSDLite V2 0.35 at 64 px on a 16-image synthetic set (13 train, 3 val), trained by the CLI."""
+    folder = tmp_path_factory.mktemp("detector")
+    result = _run_cli("train", "--model", "ssdlite_mobilenet_v2", "--alpha", "0.35", "--size", "64", "--images",
+                      "16", "--epochs", "1", "--batch-size", "4", "--output", folder, "--quiet")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])["model_path"]
+
+
+@pytest.fixture(scope="session")
+def detector_artifacts(trained_detector, tmp_path_factory) -> Path:
+    """``trained_detector`` quantized to fp32, int8 and ONNX int8 (with a manifest)."""
+    output = tmp_path_factory.mktemp("detector-artifacts")
+    result = _run_cli("quantize", "--quiet", "--model", trained_detector, "--formats", "fp32,int8,onnx-int8",
+                      "--output", output)
+    assert result.returncode == 0, result.stderr
     return output
 
 

@@ -76,6 +76,23 @@ def test_pi_over_ssh_matches_local(bench_artifacts, pi, run_cli, tmp_path):
     assert board_scratch_dirs(pi) <= scratch_before  # this run's scratch removed
 
 
+def test_detector_on_the_pi_gives_the_local_map(detector_artifacts, pi, run_cli, tmp_path):
+    """The four outputs of the post-processing op come back from the ARM board and score as on this host."""
+    files = [detector_artifacts / f"ssdlite_mobilenet_v2_0.35_64.{s}" for s in ("fp32.tflite", "int8.tflite")]
+    local, board = tmp_path / "local.json", tmp_path / "pi.json"
+    assert _bench(run_cli, files, ["--device", "local"], local).returncode == 0
+    result = _bench(run_cli, files, _ssh_args(pi), board)
+    assert result.returncode == 0, result.stderr
+    on_pi = {r["format"]: r for r in json.loads(board.read_text())["runs"]}
+    on_host = {r["format"]: r for r in json.loads(local.read_text())["runs"]}
+    for fmt, run in on_pi.items():
+        assert run["device"]["machine"] == "aarch64" and run["task"] == "detection"
+        assert run["runtime"]["partitions"] == 1 and run["runtime"]["ops_outside"] == {"TFLite_Detection_PostProcess": 1}
+        assert run["accuracy"]["images"] == on_host[fmt]["accuracy"]["images"] == 3
+        for metric in ("map", "map50"):
+            assert abs(run["accuracy"][metric] - on_host[fmt]["accuracy"][metric]) <= 0.01, (run, on_host[fmt])
+
+
 def test_tflite_runtime_214_fallback(bench_artifacts, pi, run_cli, tmp_path):
     """The board's /opt/tfl has tflite-runtime 2.14 (numpy < 2), as many Pis do."""
     results = tmp_path / "r.json"

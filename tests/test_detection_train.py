@@ -125,21 +125,6 @@ def test_loss_decreases_and_training_saves_a_reloadable_model(tmp_path, cli):
     assert boxes.shape == (1, len(anchors), 4) and logits.shape == (1, len(anchors), 11)
 
 
-@pytest.fixture(scope="module")
-def trained_detector(tmp_path_factory):
-    """A 1-epoch SSDLite V2 0.35 at 64 px on a 16-image synthetic set, trained through the CLI."""
-    from click.testing import CliRunner
-
-    from edge_mobilenet.cli import main
-
-    folder = tmp_path_factory.mktemp("detector")
-    result = CliRunner().invoke(main, ["train", "--model", "ssdlite_mobilenet_v2", "--alpha", "0.35", "--size",
-                                       "64", "--images", "16", "--epochs", "1", "--batch-size", "4", "--output",
-                                       str(folder), "--quiet"], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return json.loads(result.output.strip().splitlines()[-1])["model_path"]
-
-
 def test_quantize_writes_detection_artifacts_with_four_outputs_and_map(trained_detector, tmp_path, cli):
     from edge_mobilenet.contracts.manifest import Manifest
     from edge_mobilenet.convert.detection import OUTPUT_NAMES
@@ -192,3 +177,23 @@ def test_quantize_detector_bad_input_is_one_line(trained_detector, tmp_path):
     record["box_coder"]["scale_factors"] = [1, 1, 1, 1]
     (copy / f"{model.stem}.metrics.json").write_text(json.dumps(record))
     assert "box_coder.scale_factors" in run("--model", copy / model.name, "--output", tmp_path)
+
+
+def test_bench_local_scores_detection_artifacts_by_map(detector_artifacts, tmp_path):
+    import subprocess
+    import sys
+
+    results = tmp_path / "results.json"
+    run = subprocess.run([sys.executable, "-m", "edge_mobilenet.cli", "bench", str(detector_artifacts), "--device",
+                          "local", "--quick", "--min-runs", "3", "--output", str(results)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    runs = {r["format"]: r for r in json.loads(results.read_text())["runs"]}
+    assert set(runs) == {"fp32", "int8", "onnx-int8"}
+    for record in runs.values():
+        assert record["task"] == "detection" and record["accuracy"]["images"] == 3
+        assert set(record["accuracy"]) >= {"map", "map50", "map75"}
+    assert runs["int8"]["accuracy"]["float_map"] == runs["fp32"]["accuracy"]["map"]
+    assert "delta_map_vs_float" in runs["onnx-int8"]["accuracy"] and "mAP" in run.stderr
+    manifest = {a["format"]: a for a in json.loads((detector_artifacts / "manifest.json").read_text())["artifacts"]}
+    assert runs["fp32"]["accuracy"]["map"] == manifest["fp32"]["validation"]["metrics"]["map"]  # same images

@@ -97,6 +97,13 @@ def _eval_images(entry: ArtifactEntry, settings: BenchSettings, cache: dict):
     """Labelled held-out images at the artifact's input size (``--eval`` or its training split), or None."""
     from edge_mobilenet.data.datasets import load_eval_images
 
+    if entry.task == "detection":
+        from edge_mobilenet.bench.detection import load_eval
+
+        key = ("detection", settings.eval_dir, json.dumps(entry.dataset, sort_keys=True), entry.input.shape)
+        if key not in cache:
+            cache[key] = load_eval(entry, settings.eval_dir, settings.eval_count)
+        return cache[key]
     size = (int(entry.input.shape[1]), int(entry.input.shape[2]))
     crop = entry.preprocessing.get("crop_fraction", 0.875)
     key = (size, crop, settings.eval_dir, json.dumps(entry.dataset, sort_keys=True))
@@ -376,12 +383,29 @@ def _accuracy_of(artifact: Artifact, result: dict, evaluation, baselines: _Basel
     from edge_mobilenet.contracts.metrics import label_offset
 
     entry = artifact.entry
+    if entry.task == "detection":
+        return _detection_accuracy(artifact, result, evaluation, baselines)
     outputs = decode_outputs(result, entry) if result.get("ok") else None
     baseline = baselines.for_entry(entry, outputs)
     if evaluation is None or evaluation.labels is None:
         return None
     offset = label_offset(int(entry.output.shape[-1]), evaluation.classes, str(artifact.path))
     return accuracy(outputs, evaluation.labels, offset, baseline)
+
+
+def _detection_accuracy(artifact: Artifact, result: dict, evaluation, baselines: _Baselines) -> dict | None:
+    """mAP of a detection artifact's outputs on the host; the float artifact's record is the baseline."""
+    from edge_mobilenet.bench import detection
+
+    entry = artifact.entry
+    if result.get("ok"):
+        decode_outputs(result, entry)  # records the outputs' sha256
+    found = detection.detections(result, entry) if evaluation is not None else None
+    if found is None:
+        return None
+    own = detection.score(found, evaluation, None)
+    baseline = baselines.for_entry(entry, own)
+    return own if entry.is_baseline or baseline is None else detection.score(found, evaluation, baseline)
 
 
 def _evaluation(artifact: Artifact, settings: BenchSettings, eval_cache: dict):
@@ -482,6 +506,9 @@ def summary_line(record: RunRecord) -> str:
         return f"  {record.artifact:44s} FAILED  {record.error}"
     latency, acc, runtime = record.latency, record.accuracy or {}, record.runtime or {}
     top1 = f"top-1 {acc['top1']:.4f}" if "top1" in acc else "top-1 n/a"
+    if "map" in acc:
+        top1 = f"mAP {acc['map']:.4f} mAP@.5 {acc['map50']:.4f}" + (
+            f" ({acc['delta_map_vs_float'] * 100:+.1f} pt vs float)" if "delta_map_vs_float" in acc else "")
     delegated = (f"  XNNPACK {runtime['nodes_delegated']}/{runtime['nodes_total']} in {runtime['partitions']}"
                  if runtime.get("nodes_total") else "")
     flag = "  EMULATED" if record.emulated else ""

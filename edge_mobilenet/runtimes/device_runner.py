@@ -37,7 +37,7 @@ import time
 
 import numpy as np
 
-RUNNER_VERSION = 2
+RUNNER_VERSION = 3  # 3: named outputs of multi-output models (detectors)
 THROTTLE_BITS = {0: "under_voltage", 1: "frequency_capped", 2: "throttled", 3: "soft_temperature_limit"}
 
 
@@ -186,6 +186,19 @@ class TFLiteModel:
     def get_output(self):
         return self.interpreter.get_tensor(self.output["index"]).copy()
 
+    def named_outputs(self):
+        """(signature name, array) of every output (detectors: boxes, classes, scores, count)."""
+        details = self.interpreter.get_output_details()
+        indices = [(d["name"], d["index"]) for d in details]
+        try:  # tensor names are StatefulPartitionedCall:N; the signature keeps the exported names
+            signature = self.interpreter._get_full_signature_list()
+            outputs = signature[sorted(signature)[0]]["outputs"] if signature else {}
+            if len(outputs) == len(details):
+                indices = sorted(outputs.items(), key=lambda item: item[1])
+        except (AttributeError, KeyError, IndexError, TypeError):
+            pass
+        return [(name, self.interpreter.get_tensor(index).copy()) for name, index in indices]
+
     def facts(self):
         facts = {"name": self.runtime, "version": self.version}
         facts.update(delegation(self.interpreter) or {"xnnpack": None})
@@ -213,10 +226,13 @@ class OnnxModel:
         self.feed = {self.input_name: row}
 
     def invoke(self):
-        self.result = self.session.run(None, self.feed)[0]
+        self.result = self.session.run(None, self.feed)
 
     def get_output(self):
-        return np.array(self.result, copy=True)
+        return np.array(self.result[0], copy=True)
+
+    def named_outputs(self):
+        return [(o.name, np.array(v, copy=True)) for o, v in zip(self.session.get_outputs(), self.result)]
 
     def facts(self):
         return {"name": "onnxruntime", "version": self.version, "xnnpack": False,
@@ -314,13 +330,19 @@ def measure(model, inputs, args):
 
 
 def outputs_of(model, inputs):
-    rows = []
+    """Per input row, the first output (``outputs``); a model with several outputs (a detector) also
+    gives each under ``named/NAME``, rows stacked."""
+    rows, named = [], {}
     for index in range(len(inputs)):
         model.set_input(inputs[index:index + 1])
         model.invoke()
         rows.append(model.get_output()[0])
+        outputs = model.named_outputs()
+        if len(outputs) > 1:
+            for name, value in outputs:
+                named.setdefault("named/" + name, []).append(value[0])
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, outputs=np.stack(rows))
+    np.savez_compressed(buffer, outputs=np.stack(rows), **{k: np.stack(v) for k, v in named.items()})
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
