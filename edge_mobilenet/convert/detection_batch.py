@@ -71,6 +71,8 @@ class DetectorSource:
     dataset_folder: Path | None
     dataset: dict
     model_name: str | None
+    params: int | None = None
+    macs: int | None = None
 
     @property
     def stem(self) -> str:
@@ -118,10 +120,14 @@ def load_detector_source(path: Path, record: dict) -> DetectorSource:
     classes = int(model.outputs[1].shape[-1]) - 1
     if classes != len(names):
         raise (where / "class_names").fail(f"lists {len(names)} names; the model predicts {classes} classes")
+    from edge_mobilenet.models.profile import layer_costs
+
+    rows = layer_costs(model)
     return DetectorSource(path, sha256_file(path), sha256_file(metrics_path), model, anchor_array,
                           {**asdict(spec), "count": int(len(anchor_array))}, preprocessing, list(names),
                           Path(folder) if isinstance(folder, str) else None, dataset,
-                          check(record.get("model"), where / "model", (str, type(None))))
+                          check(record.get("model"), where / "model", (str, type(None))),
+                          sum(r.params for r in rows), sum(r.macs for r in rows))
 
 
 # -- images ---------------------------------------------------------------------------------------------
@@ -332,7 +338,7 @@ def build_detection_artifact(source: DetectorSource, fmt: Format, settings: Quan
             sha256=sha256_file(staged), size_bytes=staged.stat().st_size, input=input_spec,
             preprocessing=asdict(source.preprocessing), outputs=outputs, model=source.model_name,
             source_file=str(source.path), source_sha256=source.sha256, trained_weights=True,
-            class_names=tuple(source.class_names), dataset=source.dataset,
+            class_names=tuple(source.class_names), dataset=source.dataset, params=source.params, macs=source.macs,
             calibration=calibration_record if fmt.calibrated else None, validation=validation,
             facts={"tool_versions": tool_versions(), "build_environment": build_environment(), "cache_key": key,
                    "convert_seconds": round(seconds, 2), "detection": detection, "recipe": recipe,

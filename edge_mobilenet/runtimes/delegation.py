@@ -15,7 +15,7 @@ def delegation_stats(interpreter) -> dict:
     """``{"xnnpack", "nodes_total", "nodes_delegated", "partitions", "ops_outside", "split"}``.
 
     ``split`` is true when the graph runs in more than one partition or, with one partition, when a
-    node other than a final SOFTMAX stays outside it.
+    node other than a final SOFTMAX (or a detector's TFLite_Detection_PostProcess) stays outside it.
     """
     stats = delegation(interpreter)
     if stats is None:

@@ -37,6 +37,7 @@ import time
 
 import numpy as np
 
+EXPECTED_OUTSIDE = ({"SOFTMAX": 1}, {"TFLite_Detection_PostProcess": 1})
 RUNNER_VERSION = 3  # 3: named outputs of multi-output models (detectors)
 THROTTLE_BITS = {0: "under_voltage", 1: "frequency_capped", 2: "throttled", 3: "soft_temperature_limit"}
 
@@ -165,7 +166,8 @@ def delegation(interpreter):
     for i in original:
         if i not in delegated:
             outside[nodes[i]["op"]] = outside.get(nodes[i]["op"], 0) + 1
-    split = len(partitions) > 1 or (bool(partitions) and bool(outside) and outside != {"SOFTMAX": 1})
+    # expected outside: a final SOFTMAX (classifiers) or the SSD post-processing op (detectors)
+    split = len(partitions) > 1 or (bool(partitions) and bool(outside) and outside not in EXPECTED_OUTSIDE)
     return {"xnnpack": bool(partitions), "nodes_total": len(original), "nodes_delegated": len(delegated),
             "partitions": len(partitions), "ops_outside": outside, "split": split}
 
