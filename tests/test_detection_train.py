@@ -197,3 +197,14 @@ def test_bench_local_scores_detection_artifacts_by_map(detector_artifacts, tmp_p
     assert "delta_map_vs_float" in runs["onnx-int8"]["accuracy"] and "mAP" in run.stderr
     manifest = {a["format"]: a for a in json.loads((detector_artifacts / "manifest.json").read_text())["artifacts"]}
     assert runs["fp32"]["accuracy"]["map"] == manifest["fp32"]["validation"]["metrics"]["map"]  # same images
+    for name, value in (("old.json", 0.5), ("new.json", 0.45)):  # a 5-point mAP drop between two files
+        data = json.loads(results.read_text())
+        for record in data["runs"]:
+            record["accuracy"]["map"] = value
+        (tmp_path / name).write_text(json.dumps(data))
+    compare = subprocess.run([sys.executable, "-m", "edge_mobilenet.cli", "compare", str(tmp_path / "old.json"),
+                              str(tmp_path / "new.json"), "--fail-on", "map:1pt"], capture_output=True, text=True)
+    assert compare.returncode != 0 and "map -5.00pt" in compare.stdout + compare.stderr, compare.stdout
+    same = subprocess.run([sys.executable, "-m", "edge_mobilenet.cli", "compare", str(tmp_path / "old.json"),
+                           str(tmp_path / "old.json"), "--fail-on", "map:1pt"], capture_output=True, text=True)
+    assert same.returncode == 0, same.stderr

@@ -2,7 +2,8 @@
 
 Runs are matched by (device, artifact file name, runtime kind, threads); when a file holds several runs of
 one key, its latest counts. Latency thresholds are relative (``p50:10%``: p50 more than 10 % slower);
-accuracy thresholds are absolute drops in percentage points (``top1:0.5pt``). Latencies measured under
+accuracy thresholds are absolute drops in percentage points (``top1:0.5pt``; detectors: ``map:1pt``,
+``map50:1pt``, COCO mAP in percent). Latencies measured under
 emulation or while the device throttled are shown but never checked, nor is top-1 measured on different
 image sets. A run that was ok in OLD and failed in NEW is a regression whenever a threshold is given.
 """
@@ -20,6 +21,12 @@ from edge_mobilenet.report import results as res
 from edge_mobilenet.text import text_table
 
 
+def _detection(run: RunRecord, key: str) -> float | None:
+    """A detection run's COCO mAP (``map``: @[.5:.95], ``map50``) in percent, or None."""
+    value = (run.accuracy or {}).get(key) if run.status == "ok" else None
+    return None if value is None else 100 * float(value)
+
+
 @dataclass(frozen=True)
 class Metric:
     name: str
@@ -34,6 +41,8 @@ METRICS = {m.name: m for m in (
     Metric("p99", "%", lambda run: res.latency_ms(run, "p99_ms"), "p99 ms"),
     Metric("mean", "%", lambda run: res.latency_ms(run, "mean_ms"), "mean ms"),
     Metric("top1", "pt", lambda run: None if res.top1(run) is None else 100 * res.top1(run), "top-1 %"),
+    Metric("map", "pt", lambda run: _detection(run, "map"), "mAP %"),
+    Metric("map50", "pt", lambda run: _detection(run, "map50"), "mAP@0.5 %"),
 )}
 SHOWN_METRICS = ("p50", "p90", "top1")
 
@@ -57,7 +66,7 @@ def parse_fail_on(spec: str) -> Threshold:
     metric = METRICS[match.group(1)]
     if match.group(3) != metric.unit:
         raise EdgeError(f"--fail-on {spec!r}: {metric.name} takes a limit in {metric.unit} "
-                        f"(latencies in %, top1 in points: pt)")
+                        f"(latencies in %, top1/map/map50 in points: pt)")
     return Threshold(metric, float(match.group(2)))
 
 
