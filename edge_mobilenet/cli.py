@@ -117,7 +117,9 @@ def describe(model, alpha, size, classes, depth_multiplier, as_json):
 @click.option("--validation-split", type=float, default=0.2, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--weights", type=click.Path(), default=None,
-              help="Start from this .keras/.h5 model (fine-tuning) instead of random weights.")
+              help="Start from this .keras/.h5 model (fine-tuning) instead of random weights. Detectors: a "
+                   "classifier of the same family and alpha for the backbone; default: the digits classifier "
+                   "in --output (trained first if missing); 'none': from scratch.")
 @click.option("--freeze-base", is_flag=True, help="Fine-tune only the classifier head.")
 @click.option("--bn-momentum", type=float, default=None,
               help="BatchNormalization momentum; default 0.9 from scratch, the model's own when fine-tuning.")
@@ -173,7 +175,9 @@ def _train_detector(model_name: str, *, data_dir, weights, output, quiet, stride
     context = click.get_current_context()
     given = {name: value for name, value in options.items()
              if value is not None and context.get_parameter_source(name) != ParameterSource.DEFAULT}
-    settings = DetectionTrainSettings(model=model_name, data_dir=data_dir, weights=weights, output_dir=output,
+    if weights is not None:  # default: the family's digits classifier ("auto"); "none": from scratch
+        given["weights"] = None if weights.lower() == "none" else weights
+    settings = DetectionTrainSettings(model=model_name, data_dir=data_dir, output_dir=output,
                                       progress=not quiet, stride8_map=stride8_map, **given)
     result = train_detector(settings)
     click.echo(json.dumps({"model_path": result["model_path"], **result["metrics"], "seconds": result["seconds"]}))

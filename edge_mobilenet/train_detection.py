@@ -17,12 +17,12 @@ Choices, as the TF Object Detection API's SSDLite configs make them:
     anew per batch. Without it the model memorises the 400 training images (on the default synthetic
     set: train-split mAP@0.5 0.88, val 0.03); with it train and val agree (0.13, 0.11). No flips: they
     would mirror digits into other shapes (or other digits).
-  * open (issue 11): at 96 px the paper's taps (C4 stride 16, C5) give 204 anchors, and only 34% of the
-    synthetic set's boxes (sides 0.14-0.40 of the image) have an anchor of IoU >= 0.5 (0.57 positives
-    per box); a stride-8 tap (V2: block_6_expand_relu) gives 744 anchors, 78% and 2.0. Measured with
-    2,000 synthetic images, the digits classifier as backbone, 15 epochs: val mAP@0.5 0.073 (paper taps)
-    vs 0.098 (with the stride-8 tap); class-agnostic 0.26 vs 0.31, the same on the train split, so
-    the model underfits (1,500 steps); longer training is the next experiment.
+  * feature maps and length (measured on 2,000 synthetic images at 96 px, the V2 0.35 digits classifier as
+    backbone): the paper's taps give 204 anchors and only 34% of the boxes (sides 0.14-0.40 of the
+    image) an anchor of IoU >= 0.5; the stride-8 map (``stride8_map``, default) 744 anchors and 78%.
+    15 epochs: val mAP@0.5 0.073 (paper taps) vs 0.098 (stride-8), the train split alike (underfitting);
+    with BN momentum 0.9: 30 epochs 0.338, 60 epochs 0.759 (mAP 0.640), so 100 epochs by default
+    (benchmarks/results/detection.md has the default run). About 11 s per epoch on 2 cores.
 
 Data are numpy arrays in memory: every image resized (whole, no crop: boxes are normalised) to the
 model's input and given its preprocessing. BatchNormalization uses momentum 0.9 everywhere unless
@@ -43,10 +43,13 @@ from pathlib import Path
 import numpy as np
 
 from edge_mobilenet.errors import EdgeError
-from edge_mobilenet.fileio import atomic_path, write_json_atomic
+from edge_mobilenet.fileio import atomic_path, sha256_file, write_json_atomic
 from edge_mobilenet.runtimes.detection import NmsSettings, decode_detections
 
 SYNTHETIC_FOLDER = "detection-set"
+AUTO_WEIGHTS = "auto"
+BACKBONE_SIZE = 32  # the default classifiers' input (converters/default.toml)
+BACKBONE_EPOCHS = 20  # as converters/default.toml trains them
 
 
 @dataclass(frozen=True)
@@ -82,12 +85,14 @@ class DetectionTrainSettings:
     alpha: float = 0.35
     size: int = 96
     data_dir: str | None = None  # a COCO folder holding train/ and val/; None: the synthetic set
-    synthetic_count: int = 500  # images of the synthetic set (train + val), when data_dir is None
-    epochs: int = 40
+    synthetic_count: int = 2000  # images of the synthetic set (train + val), when data_dir is None
+    epochs: int = 100
     batch_size: int = 16
     learning_rate: float = 3e-3
     seed: int = 0
-    weights: str | None = None  # a classification .keras of the same backbone and alpha
+    # a classification .keras of the same backbone and alpha; "auto": the digits classifier edge-bench
+    # trains (BACKBONE_SIZE px), trained first when missing; None: from scratch
+    weights: str | None = AUTO_WEIGHTS
     bn_momentum: float = 0.9
     stride8_map: bool = True  # a feature map at output stride 8 (models/detection.py); False: the paper's
     output_dir: str = "build/models"
@@ -315,12 +320,35 @@ def augmented_batch(split: DetectionArrays, indices: np.ndarray, anchors: np.nda
 
 # -- training ------------------------------------------------------------------------------------------
 
-def _build(settings: DetectionTrainSettings, classes: int):
+def backbone_weights(settings: DetectionTrainSettings) -> str | None:
+    """The classification model the backbone starts from: ``settings.weights``, or with "auto" the
+    digits classifier of the same family and alpha in the output folder (trained first when missing,
+    ``BACKBONE_EPOCHS`` epochs at ``BACKBONE_SIZE`` px, as ``make quantize`` trains it)."""
+    import sys
+
+    from edge_mobilenet.models.registry import get_detector
+
+    if settings.weights != AUTO_WEIGHTS:
+        return settings.weights
+    family = get_detector(settings.model).spec.backbone
+    path = Path(settings.output_dir) / f"{family}_{settings.alpha:g}_{BACKBONE_SIZE}.keras"
+    if not path.is_file():
+        from edge_mobilenet.train import TrainSettings, train_model
+
+        print(f"backbone: training the {family} {settings.alpha:g} classifier on the bundled digits first "
+              f"({BACKBONE_EPOCHS} epochs at {BACKBONE_SIZE} px; --weights none trains from scratch)",
+              file=sys.stderr)
+        train_model(TrainSettings(model=family, alpha=settings.alpha, size=BACKBONE_SIZE, epochs=BACKBONE_EPOCHS,
+                                  output_dir=settings.output_dir, progress=settings.progress))
+    return str(path)
+
+
+def _build(settings: DetectionTrainSettings, classes: int, weights: str | None = None):
     from edge_mobilenet.models.registry import build_detector
 
     return build_detector(settings.model, alpha=settings.alpha, size=settings.size, classes=classes,
                           bn_momentum=settings.bn_momentum, stride8_map=settings.stride8_map,
-                          backbone_weights=settings.weights)
+                          backbone_weights=weights)
 
 
 def _make_step(model, optimizer, loss: LossSettings):
@@ -391,8 +419,11 @@ def evaluate_detector(model, split: DetectionArrays, anchors: np.ndarray, nms: N
 
 def train_detector(settings: DetectionTrainSettings) -> dict:
     """Train, evaluate on val, save ``{stem}.keras`` and ``{stem}.metrics.json``; return the metrics."""
-    import keras
-    import tensorflow as tf
+    from edge_mobilenet.quiet import native_noise_filtered
+
+    with native_noise_filtered():  # TensorFlow's import notices (oneDNN, CPU features)
+        import keras
+        import tensorflow as tf
 
     from edge_mobilenet.data.preprocess import get_preprocessing
     from edge_mobilenet.models.anchors import BOX_CODER, SSD_ANCHORS
@@ -406,7 +437,8 @@ def train_detector(settings: DetectionTrainSettings) -> dict:
     from edge_mobilenet.data.detection import load_coco
 
     class_names = load_coco(folder / "val").class_names
-    model = _build(settings, len(class_names))
+    weights = backbone_weights(settings)
+    model = _build(settings, len(class_names), weights)
     anchors = detector_anchors(model)
     preprocessing = replace(get_preprocessing(entry.preprocessing), crop_fraction=1.0)
     train = load_split(folder / "train", settings.size, preprocessing, anchors, settings.matcher)
@@ -434,6 +466,7 @@ def train_detector(settings: DetectionTrainSettings) -> dict:
         "train_images": len(train.images), "val_images": len(val.images),
         "train_boxes": train.coco.num_boxes, "val_boxes": val.coco.num_boxes,
         "metrics": metrics, "seconds": round(seconds, 1), "trained_weights": True,
+        "backbone_weights": {"path": weights, "sha256": sha256_file(weights) if weights else None},
         "settings": _settings_json(settings),
         "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
         "history": history,

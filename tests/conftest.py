@@ -60,7 +60,7 @@ def trained_detector(tmp_path_factory) -> str:
     """A 1-epoch SSDLite V2 0.35 at 64 px on a 16-image synthetic set (13 train, 3 val), trained by the CLI."""
     folder = tmp_path_factory.mktemp("detector")
     result = _run_cli("train", "--model", "ssdlite_mobilenet_v2", "--alpha", "0.35", "--size", "64", "--images",
-                      "16", "--epochs", "1", "--batch-size", "4", "--output", folder, "--quiet")
+                      "16", "--epochs", "1", "--batch-size", "4", "--weights", "none", "--output", folder, "--quiet")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])["model_path"]
 

@@ -100,7 +100,7 @@ def test_loss_decreases_and_training_saves_a_reloadable_model(tmp_path, cli):
     from edge_mobilenet.data.preprocess import get_preprocessing
 
     settings = DetectionTrainSettings(alpha=0.35, size=64, synthetic_count=8, epochs=1, batch_size=4,
-                                      output_dir=str(tmp_path), progress=False)
+                                      weights=None, output_dir=str(tmp_path), progress=False)
     keras.utils.set_random_seed(0)
     folder, _ = dataset_folder(settings)
     model = _build(settings, 10)
@@ -111,7 +111,7 @@ def test_loss_decreases_and_training_saves_a_reloadable_model(tmp_path, cli):
     assert losses[-1] < losses[0] * 0.8 and all(np.diff(losses) < 0), losses
 
     result = cli("train", "--model", "ssdlite_mobilenet_v2", "--alpha", "0.35", "--size", "64", "--images", "8",
-                 "--epochs", "1", "--batch-size", "4", "--output", tmp_path, "--quiet")
+                 "--epochs", "1", "--batch-size", "4", "--weights", "none", "--output", tmp_path, "--quiet")
     assert result.exit_code == 0, result.output
     record = json.loads(result.output.strip().splitlines()[-1])
     assert set(record) >= {"model_path", "map", "map50", "map75", "seconds"}
@@ -120,6 +120,7 @@ def test_loss_decreases_and_training_saves_a_reloadable_model(tmp_path, cli):
     assert saved["classes"] == 10 and saved["box_coder"]["scale_factors"] == [10.0, 10.0, 5.0, 5.0]
     assert saved["nms"]["iou_threshold"] == 0.6 and saved["dataset"]["count"] == 8
     assert saved["settings"]["stride8_map"] and saved["settings"]["bn_momentum"] == 0.9
+    assert saved["backbone_weights"] == {"path": None, "sha256": None}
     reloaded = keras.models.load_model(record["model_path"], compile=False)
     boxes, logits = reloaded(train.images[:1], training=False)
     assert boxes.shape == (1, len(anchors), 4) and logits.shape == (1, len(anchors), 11)
@@ -208,3 +209,16 @@ def test_bench_local_scores_detection_artifacts_by_map(detector_artifacts, tmp_p
     same = subprocess.run([sys.executable, "-m", "edge_mobilenet.cli", "compare", str(tmp_path / "old.json"),
                            str(tmp_path / "old.json"), "--fail-on", "map:1pt"], capture_output=True, text=True)
     assert same.returncode == 0, same.stderr
+
+
+def test_auto_backbone_weights_are_the_family_classifier_in_the_output_folder(tmp_path):
+    from edge_mobilenet.models.registry import build_model
+    from edge_mobilenet.train_detection import backbone_weights
+
+    path = tmp_path / "mobilenet_v2_0.35_32.keras"
+    build_model("mobilenet_v2", alpha=0.35, size=32, classes=10).save(path)
+    settings = DetectionTrainSettings(alpha=0.35, size=64, output_dir=str(tmp_path))
+    assert settings.weights == "auto" and backbone_weights(settings) == str(path)  # found, not retrained
+    assert backbone_weights(DetectionTrainSettings(weights=None)) is None
+    given = DetectionTrainSettings(weights=str(tmp_path / "other.keras"))
+    assert backbone_weights(given) == str(tmp_path / "other.keras")
