@@ -127,12 +127,14 @@ def describe(model, alpha, size, classes, depth_multiplier, as_json):
               help="Folder for MODEL.keras and MODEL.metrics.json.")
 @click.option("--images", "synthetic_count", type=int, default=None,
               help="Detectors without --data: images in the synthetic set (train + val) [2000].")
+@click.option("--skip-bad", is_flag=True,
+              help="Detectors: skip (and count in the metrics file) bad COCO entries instead of failing.")
 @click.option("--stride8-map/--paper-maps", default=True, show_default=True,
               help="Detectors: add a feature map at output stride 8 (small objects at small inputs) "
                    "or keep the papers' taps only.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(model_name, alpha, size, data_dir, epochs, batch_size, learning_rate, validation_split,
-          seed, weights, freeze_base, bn_momentum, output, synthetic_count, stride8_map, quiet):
+          seed, weights, freeze_base, bn_momentum, output, synthetic_count, skip_bad, stride8_map, quiet):
     """Train or fine-tune a registered model on an image dataset.
 
     A detector (ssdlite_*, see `edge-bench models`) trains on a COCO folder with train/ and val/ and
@@ -148,12 +150,13 @@ def train(model_name, alpha, size, data_dir, epochs, batch_size, learning_rate, 
                 raise EdgeError(f"{option} applies to classifiers only; a detector trains on the train/ and "
                                 f"val/ folders of --data")
         _train_detector(model_name, data_dir=data_dir, weights=weights, output=output, quiet=quiet,
-                        stride8_map=stride8_map, alpha=alpha, size=size, epochs=epochs, batch_size=batch_size,
-                        learning_rate=learning_rate, seed=seed, bn_momentum=bn_momentum,
+                        stride8_map=stride8_map, skip_bad=skip_bad, alpha=alpha, size=size, epochs=epochs,
+                        batch_size=batch_size, learning_rate=learning_rate, seed=seed, bn_momentum=bn_momentum,
                         synthetic_count=synthetic_count)
         return
-    if synthetic_count is not None:
-        raise EdgeError(f"--images applies to detectors only; {model_name} trains on --data or the digits")
+    if synthetic_count is not None or skip_bad:
+        option = "--images" if synthetic_count is not None else "--skip-bad"
+        raise EdgeError(f"{option} applies to detectors only; {model_name} trains on --data or the digits")
     from edge_mobilenet.train import TrainSettings, train_model
 
     settings = TrainSettings(model=model_name, alpha=alpha, size=size, data_dir=data_dir,
@@ -165,7 +168,7 @@ def train(model_name, alpha, size, data_dir, epochs, batch_size, learning_rate, 
     click.echo(json.dumps({k: result[k] for k in ("model_path", "val_accuracy", "seconds")}))
 
 
-def _train_detector(model_name: str, *, data_dir, weights, output, quiet, stride8_map, **options) -> None:
+def _train_detector(model_name: str, *, data_dir, weights, output, quiet, stride8_map, skip_bad, **options) -> None:
     """``train`` for a detector: options the user did not give (or gave as None) keep the detector's
     defaults (train_detection.DetectionTrainSettings)."""
     from click.core import ParameterSource
@@ -178,7 +181,7 @@ def _train_detector(model_name: str, *, data_dir, weights, output, quiet, stride
     if weights is not None:  # default: the family's digits classifier ("auto"); "none": from scratch
         given["weights"] = None if weights.lower() == "none" else weights
     settings = DetectionTrainSettings(model=model_name, data_dir=data_dir, output_dir=output,
-                                      progress=not quiet, stride8_map=stride8_map, **given)
+                                      progress=not quiet, stride8_map=stride8_map, skip_bad=skip_bad, **given)
     result = train_detector(settings)
     click.echo(json.dumps({"model_path": result["model_path"], **result["metrics"], "seconds": result["seconds"]}))
 

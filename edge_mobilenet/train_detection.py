@@ -94,6 +94,7 @@ class DetectionTrainSettings:
     # trains (BACKBONE_SIZE px), trained first when missing; None: from scratch
     weights: str | None = AUTO_WEIGHTS
     bn_momentum: float = 0.9
+    skip_bad: bool = False  # bad COCO entries skipped and counted (in the metrics file) instead of failing
     stride8_map: bool = True  # a feature map at output stride 8 (models/detection.py); False: the paper's
     output_dir: str = "build/models"
     progress: bool = True
@@ -254,11 +255,12 @@ def _existing_manifest(folder: Path) -> dict | None:
         return None
 
 
-def load_split(folder: Path, size: int, preprocessing, anchors: np.ndarray, matcher: MatcherSettings) -> DetectionArrays:
+def load_split(folder: Path, size: int, preprocessing, anchors: np.ndarray, matcher: MatcherSettings,
+               skip_bad: bool = False) -> DetectionArrays:
     """A COCO folder as arrays: images resized to ``size`` with the model's preprocessing, and targets."""
     from edge_mobilenet.data.detection import load_coco
 
-    coco = load_coco(folder)
+    coco = load_coco(folder, skip_bad=skip_bad)
     pixels = image_pixels(coco.images, size)
     targets = [anchor_targets(image.boxes[~image.crowd], image.classes[~image.crowd], anchors, matcher)
                for image in coco.images]
@@ -436,13 +438,13 @@ def train_detector(settings: DetectionTrainSettings) -> dict:
     tf.config.experimental.enable_op_determinism()
     from edge_mobilenet.data.detection import load_coco
 
-    class_names = load_coco(folder / "val").class_names
+    class_names = load_coco(folder / "val", skip_bad=settings.skip_bad).class_names
     weights = backbone_weights(settings)
     model = _build(settings, len(class_names), weights)
     anchors = detector_anchors(model)
     preprocessing = replace(get_preprocessing(entry.preprocessing), crop_fraction=1.0)
-    train = load_split(folder / "train", settings.size, preprocessing, anchors, settings.matcher)
-    val = load_split(folder / "val", settings.size, preprocessing, anchors, settings.matcher)
+    train = load_split(folder / "train", settings.size, preprocessing, anchors, settings.matcher, settings.skip_bad)
+    val = load_split(folder / "val", settings.size, preprocessing, anchors, settings.matcher, settings.skip_bad)
     if train.coco.class_names != class_names:
         raise EdgeError(f"{folder}: train/ and val/ have different categories")
     started = time.perf_counter()
@@ -465,6 +467,7 @@ def train_detector(settings: DetectionTrainSettings) -> dict:
         "nms": settings.nms.to_json(), "dataset": dataset,
         "train_images": len(train.images), "val_images": len(val.images),
         "train_boxes": train.coco.num_boxes, "val_boxes": val.coco.num_boxes,
+        "skipped_bad_entries": {"train": train.coco.skipped.to_json(), "val": val.coco.skipped.to_json()},
         "metrics": metrics, "seconds": round(seconds, 1), "trained_weights": True,
         "backbone_weights": {"path": weights, "sha256": sha256_file(weights) if weights else None},
         "settings": _settings_json(settings),

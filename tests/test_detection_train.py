@@ -222,3 +222,29 @@ def test_auto_backbone_weights_are_the_family_classifier_in_the_output_folder(tm
     assert backbone_weights(DetectionTrainSettings(weights=None)) is None
     given = DetectionTrainSettings(weights=str(tmp_path / "other.keras"))
     assert backbone_weights(given) == str(tmp_path / "other.keras")
+
+
+def test_bad_coco_entry_in_training_data_is_one_line_or_skipped_with_skip_bad(tmp_path, cli):
+    import subprocess
+    import sys
+
+    from edge_mobilenet.data.detection import write_detection_set
+
+    folder = tmp_path / "set"
+    write_detection_set(folder, count=10, size=64)
+    instances = folder / "train" / "instances.json"
+    data = json.loads(instances.read_text())
+    data["annotations"][1]["bbox"] = [3, 4, 0, 5]  # zero width
+    instances.write_text(json.dumps(data))
+    args = ["train", "--model", "ssdlite_mobilenet_v2", "--alpha", "0.35", "--size", "64", "--data", str(folder),
+            "--epochs", "1", "--batch-size", "4", "--weights", "none", "--output", str(tmp_path / "out"), "--quiet"]
+    failed = subprocess.run([sys.executable, "-m", "edge_mobilenet.cli", *args], capture_output=True, text=True)
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("edge-bench: error:")]
+    assert failed.returncode != 0 and len(errors) == 1 and "Traceback" not in failed.stderr
+    assert f"{instances}: annotations[1]" in errors[0] and "zero area" in errors[0]
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.keras"))  # nothing written
+    result = cli(*args, "--skip-bad")
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "out" / "ssdlite_mobilenet_v2_0.35_64.metrics.json").read_text())
+    assert saved["skipped_bad_entries"]["train"]["annotations"] == 1
+    assert saved["skipped_bad_entries"]["val"]["annotations"] == 0

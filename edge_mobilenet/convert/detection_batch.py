@@ -177,12 +177,14 @@ def load_images(source: DetectorSource, folder: Path, count: int, seed: int | No
                            f"{folder} ({len(images)} images)")
 
 
-def _files_hash(files: list[str], root: Path) -> str:
-    digest = hashlib.sha256()
-    for name in files:
-        digest.update(str(Path(name).relative_to(root) if Path(name).is_relative_to(root) else name).encode())
-        digest.update(hashlib.sha256(Path(name).read_bytes()).digest())
-    return digest.hexdigest()
+def _files_hash(files: list[str]) -> str:
+    """The calibration sets' content hash (relative names + bytes) of the images used."""
+    import os
+
+    from edge_mobilenet.data.calibration import content_hash
+
+    paths = [Path(name) for name in files]
+    return content_hash(paths, Path(os.path.commonpath(paths)) if len(paths) > 1 else paths[0].parent)
 
 
 # -- running and scoring --------------------------------------------------------------------------------
@@ -372,12 +374,12 @@ def quantize_detector(model_path: Path, record: dict, formats: tuple[str, ...], 
                                 "train", "--calibration")
     eval_folder = _split(source, settings.eval_dir, "val", "--eval")
     evaluation = load_images(source, eval_folder, settings.eval_count, None)
-    eval_sha = _files_hash(evaluation.files, eval_folder)
+    eval_sha = _files_hash(evaluation.files)
     calibration = calibration_record = calibration_sha = None
     if any(FORMATS[f].calibrated for f in formats):
         count = settings.calibration.count or DEFAULT_CALIBRATION_COUNT
         calibration = load_images(source, calibration_folder, count, settings.calibration.seed)
-        calibration_sha = _files_hash(calibration.files, calibration_folder)
+        calibration_sha = _files_hash(calibration.files)
         calibration_record = CalibrationRecord(str(calibration_folder), len(calibration.files),
                                                settings.calibration.seed, calibration_sha, count,
                                                source=source.dataset.get("source"),
