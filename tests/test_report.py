@@ -247,7 +247,7 @@ def test_compare_command_exit_status(results, tmp_path, cli_group):
     outcome = CliRunner().invoke(cli_group, ["compare", str(results), str(newer), "--fail-on", "p50:10"])
     assert outcome.exit_code == 2
     assert outcome.output.strip() == ("edge-bench: error: --fail-on 'p50:10': expected METRIC:LIMIT such as "
-                                      "p50:10% or top1:0.5pt (metrics: p50, p90, p99, mean, top1)")
+                                      "p50:10% or top1:0.5pt (metrics: p50, p90, p99, mean, top1, map, map50)")
 
 
 @pytest.mark.parametrize("content,message", [
