@@ -27,7 +27,7 @@ builtin custom op: no extra registration needed. Boxes are decoded by the op and
 with ``clip_boxes`` a MINIMUM/MAXIMUM pair after it clips them to [0, 1].
 
 Box codes are clipped to +-``NmsSettings.box_code_limit`` before the post-processing (``BOX_CODE_LIMIT``:
-why and what it buys int8); TFLite only for now, the ONNX graph passes them as they are.
+why and what it buys int8); in ONNX through :func:`clipped_box_model`.
 
 ONNX: tf2onnx converts the Keras model (box encodings and logits), a ``Sigmoid`` node is appended
 (the raw model), int8 QDQ quantizes that raw model, and then the decoding (centre-size coder with
@@ -447,6 +447,28 @@ def append_postprocess(raw_path: Path, out_path: Path, anchors: np.ndarray, clas
         onnx.save(proto, str(tmp))
 
 
+def clipped_box_model(model, limit: float):
+    """The detector with its box codes clipped to +-``limit`` as the TFLite graph clips them, written for
+    ONNX quantization: each box predictor conv cloned with the scale and offset folded into its weights
+    and a ReLU6 after it (Conv + Clip, which ONNX Runtime's QDQ quantizer quantizes as one), the rescale
+    after the concatenation."""
+    import keras
+
+    L, scale = keras.layers, 3.0 / limit
+    parts = []
+    for reshape in _box_reshapes(model):
+        conv = model.get_layer(reshape.name.replace("_reshape", "_conv"))
+        kernel, bias = conv.get_weights()
+        clone = L.Conv2D(conv.filters, conv.kernel_size, padding=conv.padding, name=f"{conv.name}_clipped")
+        x = clone(conv.input)
+        clone.set_weights([kernel * scale, bias * scale + 3.0])
+        x = L.ReLU(6.0, name=f"{conv.name}_clipped_relu6")(x)
+        parts.append(L.Reshape(reshape.target_shape, name=f"{reshape.name}_clipped")(x))
+    boxes = L.Concatenate(axis=1, name="box_encodings_clipped")(parts)
+    boxes = L.Rescaling(1.0 / scale, offset=-1.0 / scale * 3.0, name="box_encodings")(boxes)
+    return keras.Model(model.input, [boxes, model.get_layer("class_predictions").output], name=model.name)
+
+
 def export_raw_onnx(model, out_path) -> dict:
     """tf2onnx float export of the detector with a Sigmoid on the logits: outputs RAW_OUTPUT_NAMES."""
     import onnx
@@ -492,7 +514,8 @@ def export_onnx_detector(model, anchors, out_path, *, int8: bool = False, calibr
     facts: dict = {"int8": int8, "raw": raw, "nms": asdict(nms), "score_conversion": SCORE_CONVERSION}
     with tempfile.TemporaryDirectory(prefix="edge-detector-onnx-") as folder:
         raw_path = Path(folder) / "raw.onnx"
-        facts["tf2onnx"] = export_raw_onnx(model, raw_path)
+        clip = not raw and nms.box_code_limit is not None
+        facts["tf2onnx"] = export_raw_onnx(clipped_box_model(model, nms.box_code_limit) if clip else model, raw_path)
         if int8:
             quantized = Path(folder) / "raw_int8.onnx"
             facts["quantization"] = quantize_onnx(raw_path, quantized, np.asarray(calibration, np.float32),

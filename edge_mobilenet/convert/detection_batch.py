@@ -41,6 +41,7 @@ TASK = "detection"
 MATCH_SCORE = 0.5  # float detections this confident must be found again by the artifact (agreement)
 MATCH_IOU = 0.5
 DEFAULT_CALIBRATION_COUNT = 200
+EXPORT_VERSION = 2  # bumped when convert/detection.py writes other graphs (2: box codes clipped in ONNX too)
 
 
 def _log(message: str) -> None:
@@ -283,7 +284,8 @@ def detection_cache_key(source: DetectorSource, fmt: Format, settings: QuantizeS
     options = {"task": TASK, "format": fmt.name, "source": source.sha256, "metrics": source.metrics_sha256,
                "calibration": calibration_sha if fmt.calibrated else None, "eval": eval_sha,
                "onnx": [settings.onnx_activation_type, settings.onnx_calibration_method],
-               "nms": asdict(export_settings()), "tools": tool_versions(), "pipeline": PIPELINE_VERSION}
+               "nms": asdict(export_settings()), "tools": tool_versions(), "pipeline": PIPELINE_VERSION,
+               "export": EXPORT_VERSION}
     return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()
 
 
