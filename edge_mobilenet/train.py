@@ -129,7 +129,10 @@ def copy_weights_by_name(source, target) -> int:
 
 def load_keras_model(path: str | Path):
     """Load a .keras/.h5 model for inference, with one clear error for a bad file."""
-    import keras
+    from edge_mobilenet.quiet import native_noise_filtered
+
+    with native_noise_filtered():  # TensorFlow's import notices (oneDNN, CPU features)
+        import keras
 
     path = checked_model_path(path)
     try:

@@ -248,3 +248,15 @@ def test_bad_coco_entry_in_training_data_is_one_line_or_skipped_with_skip_bad(tm
     saved = json.loads((tmp_path / "out" / "ssdlite_mobilenet_v2_0.35_64.metrics.json").read_text())
     assert saved["skipped_bad_entries"]["train"]["annotations"] == 1
     assert saved["skipped_bad_entries"]["val"]["annotations"] == 0
+
+
+def test_quant_report_refuses_a_detector_in_one_line(trained_detector, detector_artifacts):
+    import subprocess
+    import sys
+
+    artifact = next(detector_artifacts.glob("*.int8.tflite"))
+    result = subprocess.run([sys.executable, "-m", "edge_mobilenet.cli", "quant-report", str(artifact), "--float",
+                             trained_detector], capture_output=True, text=True)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("edge-bench: error:")]
+    assert result.returncode != 0 and len(errors) == 1 and "Traceback" not in result.stderr
+    assert "2 outputs (a detector?)" in errors[0] and "oneDNN" not in result.stderr

@@ -181,6 +181,9 @@ def load_float_model(source: str, *, alpha: float = 1.0, size: int = 224, classe
         preprocessing = replace(preprocessing, crop_fraction=metrics["preprocessing"]["crop_fraction"])
     else:
         preprocessing = get_preprocessing(infer_preprocessing_name(model))
+    if len(model.outputs) != 1:
+        raise EdgeError(f"{path}: a model with {len(model.outputs)} outputs (a detector?); this command takes "
+                        "classifiers (`edge-bench quantize` converts and validates detectors)")
     classes_out = int(model.output.shape[-1])
     rows = layer_costs(model)
     float_model = FloatModel(stem=path.stem, path=path, model=model,
