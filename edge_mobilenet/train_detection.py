@@ -256,11 +256,12 @@ def _existing_manifest(folder: Path) -> dict | None:
 
 
 def load_split(folder: Path, size: int, preprocessing, anchors: np.ndarray, matcher: MatcherSettings,
-               skip_bad: bool = False) -> DetectionArrays:
-    """A COCO folder as arrays: images resized to ``size`` with the model's preprocessing, and targets."""
+               skip_bad: bool = False, coco=None) -> DetectionArrays:
+    """A COCO folder as arrays: images resized to ``size`` with the model's preprocessing, and targets.
+    ``coco``: the folder's CocoSet when it was read already."""
     from edge_mobilenet.data.detection import load_coco
 
-    coco = load_coco(folder, skip_bad=skip_bad)
+    coco = coco if coco is not None else load_coco(folder, skip_bad=skip_bad)
     pixels = image_pixels(coco.images, size)
     targets = [anchor_targets(image.boxes[~image.crowd], image.classes[~image.crowd], anchors, matcher)
                for image in coco.images]
@@ -438,13 +439,14 @@ def train_detector(settings: DetectionTrainSettings) -> dict:
     tf.config.experimental.enable_op_determinism()
     from edge_mobilenet.data.detection import load_coco
 
-    class_names = load_coco(folder / "val", skip_bad=settings.skip_bad).class_names
+    val_coco = load_coco(folder / "val", skip_bad=settings.skip_bad)  # its classes size the model
+    class_names = val_coco.class_names
     weights = backbone_weights(settings)
     model = _build(settings, len(class_names), weights)
     anchors = detector_anchors(model)
     preprocessing = replace(get_preprocessing(entry.preprocessing), crop_fraction=1.0)
     train = load_split(folder / "train", settings.size, preprocessing, anchors, settings.matcher, settings.skip_bad)
-    val = load_split(folder / "val", settings.size, preprocessing, anchors, settings.matcher, settings.skip_bad)
+    val = load_split(folder / "val", settings.size, preprocessing, anchors, settings.matcher, coco=val_coco)
     if train.coco.class_names != class_names:
         raise EdgeError(f"{folder}: train/ and val/ have different categories")
     started = time.perf_counter()

@@ -27,7 +27,7 @@ builtin custom op: no extra registration needed. Boxes are decoded by the op and
 with ``clip_boxes`` a MINIMUM/MAXIMUM pair after it clips them to [0, 1].
 
 Box codes are clipped to +-``NmsSettings.box_code_limit`` before the post-processing (``BOX_CODE_LIMIT``:
-why and what it buys int8); in ONNX through :func:`clipped_box_model`.
+why and what it buys int8), one way for both exports (:func:`_clipped_box_parts`).
 
 ONNX: tf2onnx converts the Keras model (box encodings and logits), a ``Sigmoid`` node is appended
 (the raw model), int8 QDQ quantizes that raw model, and then the decoding (centre-size coder with
@@ -140,35 +140,48 @@ def _concat_tree(parts, limit: int = 4):
     return tf.concat(parts, axis=1)
 
 
-def prediction_parts(model):
+def prediction_parts(model, box_code_limit: float | None = None):
     """A Keras model sharing the detector's layers whose outputs are the per-feature-map predictions
-    ([box predictor convs, before their reshape], [class parts]) the detector concatenates."""
+    ([box parts], [class parts]) that the detector concatenates into its two outputs; with
+    ``box_code_limit`` the box parts are in the clipped form of :func:`_clipped_box_parts`."""
     import keras
 
-    boxes = [layer.input for layer in _box_reshapes(model)]
+    boxes = list(model.get_layer("box_encodings").input)
+    if box_code_limit is not None:
+        boxes = _clipped_box_parts(model, box_code_limit)
     return keras.Model(model.input, [boxes, list(model.get_layer("class_predictions").input)],
                        name=f"{model.name}_parts")
 
 
-def _box_reshapes(model) -> list:
-    """The Reshape layers feeding ``box_encodings``, in its input order."""
+def _clipped_box_parts(model, limit: float) -> list:
+    """Per feature map, the box codes clipped to [-limit, limit] in the form relu6(x * s + 3), s = 3 / limit
+    (undone by :func:`_box_codes` after the concatenation): each box predictor conv is cloned with s and the
+    offset folded into its weights, and a ReLU6 follows it, which TFLite fuses into the conv and ONNX
+    Runtime's QDQ quantizer quantizes with it (Conv + Clip). The int8 conv outputs then span the codes real
+    boxes have instead of the far larger ones of anchors nowhere near an object (``BOX_CODE_LIMIT``)."""
+    import keras
+
+    L, scale = keras.layers, 3.0 / limit
     inputs = model.get_layer("box_encodings").input
     by_output = {id(layer.output): layer for layer in model.layers}
-    return [by_output[id(tensor)] for tensor in inputs]
+    parts = []
+    for reshape in (by_output[id(tensor)] for tensor in inputs):
+        conv = model.get_layer(reshape.name.replace("_reshape", "_conv"))
+        kernel, bias = conv.get_weights()
+        clone = L.Conv2D(conv.filters, conv.kernel_size, padding=conv.padding, name=f"{conv.name}_clipped")
+        x = clone(conv.input)
+        clone.set_weights([kernel * scale, bias * scale + 3.0])
+        x = L.ReLU(6.0, name=f"{conv.name}_clipped_relu6")(x)
+        parts.append(L.Reshape(reshape.target_shape, name=f"{reshape.name}_clipped")(x))
+    return parts
 
 
-def _box_codes(convs, limit: float | None):
-    """Box predictor conv outputs [1, H, W, A*4] -> box encodings [1, N, 4], each code clipped to
-    [-limit, limit] as relu6(x * s + 3) with s = 3 / limit (the multiply and add fold into the conv, the
-    ReLU6 fuses with it), rescaled after the concatenation: the int8 conv outputs then span the codes
-    real boxes have instead of the far larger ones of anchors nowhere near an object (module doc)."""
-    import tensorflow as tf
-
+def _box_codes(parts, limit: float | None):
+    """Box parts (of :func:`prediction_parts` with the same ``limit``) -> box encodings [1, N, 4]."""
     if limit is None:
-        return _concat_tree([tf.reshape(conv, [1, -1, 4]) for conv in convs])
+        return _concat_tree(parts)
     scale = 3.0 / limit
-    clipped = [tf.reshape(tf.nn.relu6(conv * scale + 3.0), [1, -1, 4]) for conv in convs]
-    return (_concat_tree(clipped) - 3.0) / scale
+    return (_concat_tree(parts) - 3.0) / scale
 
 
 def _serving_fn(heads, anchors: np.ndarray, classes: int, nms: NmsSettings, raw: bool):
@@ -182,8 +195,8 @@ def _serving_fn(heads, anchors: np.ndarray, classes: int, nms: NmsSettings, raw:
         return tuple(tf.constant(0.0, name=name) for name in ("boxes", "classes", "scores", "count"))
 
     def serve(images):
-        box_convs, class_parts = heads(images, training=False)
-        box_encodings = _box_codes(box_convs, None if raw else nms.box_code_limit)
+        box_parts, class_parts = heads(images, training=False)
+        box_encodings = _box_codes(box_parts, None if raw else nms.box_code_limit)
         logits = _concat_tree(class_parts)
         scores = tf.sigmoid(logits)
         if raw:
@@ -203,7 +216,7 @@ def export_detector_saved_model(model, anchors, folder: str, nms: NmsSettings = 
     import tensorflow as tf
 
     shape, anchors, classes = _checked(model, anchors)
-    heads = prediction_parts(model)
+    heads = prediction_parts(model, None if raw else nms.box_code_limit)
     archive = keras.export.ExportArchive()
     archive.track(heads)
     archive.add_endpoint("serve", _serving_fn(heads, anchors, classes, nms, raw),
@@ -448,24 +461,13 @@ def append_postprocess(raw_path: Path, out_path: Path, anchors: np.ndarray, clas
 
 
 def clipped_box_model(model, limit: float):
-    """The detector with its box codes clipped to +-``limit`` as the TFLite graph clips them, written for
-    ONNX quantization: each box predictor conv cloned with the scale and offset folded into its weights
-    and a ReLU6 after it (Conv + Clip, which ONNX Runtime's QDQ quantizer quantizes as one), the rescale
-    after the concatenation."""
+    """The detector with its box codes clipped to +-``limit`` as the TFLite graph clips them
+    (:func:`_clipped_box_parts`), for the ONNX export."""
     import keras
 
     L, scale = keras.layers, 3.0 / limit
-    parts = []
-    for reshape in _box_reshapes(model):
-        conv = model.get_layer(reshape.name.replace("_reshape", "_conv"))
-        kernel, bias = conv.get_weights()
-        clone = L.Conv2D(conv.filters, conv.kernel_size, padding=conv.padding, name=f"{conv.name}_clipped")
-        x = clone(conv.input)
-        clone.set_weights([kernel * scale, bias * scale + 3.0])
-        x = L.ReLU(6.0, name=f"{conv.name}_clipped_relu6")(x)
-        parts.append(L.Reshape(reshape.target_shape, name=f"{reshape.name}_clipped")(x))
-    boxes = L.Concatenate(axis=1, name="box_encodings_clipped")(parts)
-    boxes = L.Rescaling(1.0 / scale, offset=-1.0 / scale * 3.0, name="box_encodings")(boxes)
+    boxes = L.Concatenate(axis=1, name="box_encodings_clipped")(_clipped_box_parts(model, limit))
+    boxes = L.Rescaling(1.0 / scale, offset=-3.0 / scale, name="box_encodings")(boxes)
     return keras.Model(model.input, [boxes, model.get_layer("class_predictions").output], name=model.name)
 
 

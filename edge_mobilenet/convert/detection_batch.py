@@ -41,7 +41,8 @@ TASK = "detection"
 MATCH_SCORE = 0.5  # float detections this confident must be found again by the artifact (agreement)
 MATCH_IOU = 0.5
 DEFAULT_CALIBRATION_COUNT = 200
-EXPORT_VERSION = 2  # bumped when convert/detection.py writes other graphs (2: box codes clipped in ONNX too)
+EXPORT_VERSION = 3  # bumped when convert/detection.py writes other graphs (2: box codes clipped in ONNX
+# too; 3: TFLite clips through the same cloned convs as ONNX)
 
 
 def _log(message: str) -> None:

@@ -66,7 +66,8 @@ def parse_fail_on(spec: str) -> Threshold:
     metric = METRICS[match.group(1)]
     if match.group(3) != metric.unit:
         raise EdgeError(f"--fail-on {spec!r}: {metric.name} takes a limit in {metric.unit} "
-                        f"(latencies in %, top1/map/map50 in points: pt)")
+                        f"(latencies in %, {'/'.join(m.name for m in METRICS.values() if m.unit == 'pt')} "
+                        "in points: pt)")
     return Threshold(metric, float(match.group(2)))
 
 
