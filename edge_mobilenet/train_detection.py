@@ -472,7 +472,7 @@ def train_detector(settings: DetectionTrainSettings) -> dict:
         "skipped_bad_entries": {"train": train.coco.skipped.to_json(), "val": val.coco.skipped.to_json()},
         "metrics": metrics, "seconds": round(seconds, 1), "trained_weights": True,
         "backbone_weights": {"path": weights, "sha256": sha256_file(weights) if weights else None},
-        "settings": _settings_json(settings),
+        "settings": settings_json(settings),
         "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
         "history": history,
     }
@@ -480,6 +480,9 @@ def train_detector(settings: DetectionTrainSettings) -> dict:
     return record
 
 
-def _settings_json(settings: DetectionTrainSettings) -> dict:
+def settings_json(settings: DetectionTrainSettings) -> dict:
+    """The settings as the metrics file records them (JSON types; progress left out)."""
+    import json
+
     values = {key: value for key, value in asdict(settings).items() if key not in ("progress", "nms")}
-    return {**values, "nms": settings.nms.to_json()}
+    return json.loads(json.dumps({**values, "nms": settings.nms.to_json()}))

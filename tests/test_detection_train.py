@@ -260,3 +260,27 @@ def test_quant_report_refuses_a_detector_in_one_line(trained_detector, detector_
     errors = [line for line in result.stderr.splitlines() if line.startswith("edge-bench: error:")]
     assert result.returncode != 0 and len(errors) == 1 and "Traceback" not in result.stderr
     assert "2 outputs (a detector?)" in errors[0] and "oneDNN" not in result.stderr
+
+
+def test_a_recipe_trains_a_detector_once_and_quantizes_it(tmp_path, cli):
+    """A detector row of a recipe (as converters/default.toml has) is trained on the synthetic set, converted,
+    validated and recorded; a second run neither retrains nor rebuilds."""
+    from edge_mobilenet.contracts.manifest import Manifest
+
+    recipe = tmp_path / "recipe.toml"
+    artifacts, models = tmp_path / "artifacts", tmp_path / "models"
+    recipe.write_text(f'output = "{artifacts}"\nmodels_dir = "{models}"\n'
+                      'formats = ["fp32", "int8"]\n[[model]]\nname = "ssdlite_mobilenet_v2"\nalpha = 0.35\n'
+                      'size = 64\ntrain = { epochs = 1, images = 16, batch_size = 4, weights = "none" }\n')
+    first = cli("quantize", "--recipe", recipe, "--quiet")
+    assert first.exit_code == 0, first.output
+    assert "training ssdlite_mobilenet_v2_0.35_64 on the synthetic digits detection set" in first.output
+    model = models / "ssdlite_mobilenet_v2_0.35_64.keras"
+    saved = json.loads(model.with_name(f"{model.stem}.metrics.json").read_text())
+    assert saved["train_images"] + saved["val_images"] == 16 and saved["settings"]["epochs"] == 1
+    entries = {entry.format: entry for entry in Manifest(artifacts).entries}
+    assert set(entries) == {"fp32", "int8"} and {e.task for e in entries.values()} == {"detection"}
+    stamp = model.stat().st_mtime_ns
+    again = cli("quantize", "--recipe", recipe, "--quiet")
+    assert again.exit_code == 0 and "training ssdlite" not in again.output and again.output.count(" cached ") == 2
+    assert model.stat().st_mtime_ns == stamp

@@ -8,6 +8,7 @@ import json
 import pytest
 
 RECIPE_MODEL = '[[model]]\nname = "mobilenet_v1"\nalpha = 0.25\nsize = 32\n'
+DETECTOR_MODEL = '[[model]]\nname = "ssdlite_mobilenet_v2"\nalpha = 0.35\nsize = 64\n'
 
 
 def _one_line(result, message):
@@ -30,6 +31,11 @@ def _one_line(result, message):
     ('[[model]]\nalpha = 0.5\n', "model[0] needs exactly one of name"),
     ('formats = ["fp32", "int4"]\n' + RECIPE_MODEL, "formats unknown format 'int4'"),
     ("", "the recipe file is empty"),
+    (DETECTOR_MODEL + "train = { validation_split = 0.1 }\n", "model[0].train.validation_split is not a recipe key"),
+    (DETECTOR_MODEL + "train = { images = 0 }\n", "model[0].train.images must be >= 1; received 0"),
+    (DETECTOR_MODEL + "classes = 90\ntrain = { epochs = 1 }\n", "model[0].classes is not a detector key"),
+    (DETECTOR_MODEL, "model[0] ssdlite_mobilenet_v2 is a detector: it needs a train table"),
+    (RECIPE_MODEL + "train = { images = 100 }\n", "model[0].train.images is not a recipe key"),
 ])
 def test_bad_recipes(cli, tmp_path, recipe, message):
     path = tmp_path / "recipe.toml"
