@@ -220,14 +220,18 @@ def _train_detector(model_name: str, *, data_dir, weights, output, quiet, stride
 @click.option("--rewrite-hard-swish/--no-rewrite-hard-swish", default=True, show_default=True,
               help="Rewrite hard-swish/hard-sigmoid into ops XNNPACK's int8 kernels take (outputs "
                    "checked unchanged); without it int8 MobileNetV3 splits into ~20 partitions.")
+@click.option("--detection-outputs", type=click.Choice(["postprocessed", "raw"]), default=None,
+              help="Detectors: the four outputs of the post-processing in the graph (boxes, classes, scores, "
+                   "count), or raw box encodings + class scores (NAME_raw.* files; decode and NMS your own) "
+                   "[postprocessed].")
 @click.option("--alpha", type=float, default=1.0, show_default=True, help="For registry names.")
 @click.option("--size", type=int, default=224, show_default=True, help="For registry names.")
 @click.option("--classes", type=int, default=1000, show_default=True, help="For registry names.")
 @click.option("--output", type=click.Path(), default=None, help="Artifacts folder [build/artifacts].")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def quantize(models_, recipe, calibration, count, seed, skip_corrupt, formats, io, eval_dir, eval_count,
-             onnx_activation, onnx_method, target_accuracy, latency_profile, ptq, rewrite_hard_swish, alpha,
-             size, classes, output, quiet):
+             onnx_activation, onnx_method, target_accuracy, latency_profile, ptq, rewrite_hard_swish,
+             detection_outputs, alpha, size, classes, output, quiet):
     """Convert float models to TFLite and ONNX artifacts with a manifest.
 
     Either --model (repeatable) or --recipe. Unchanged inputs reuse existing artifacts.
@@ -238,7 +242,7 @@ def quantize(models_, recipe, calibration, count, seed, skip_corrupt, formats, i
                      formats=formats, io=io, eval_dir=eval_dir, eval_count=eval_count,
                      onnx_activation_type=onnx_activation, onnx_calibration_method=onnx_method,
                      target_accuracy=target_accuracy, latency_profile=latency_profile, ptq=ptq,
-                     rewrite_hard_swish=rewrite_hard_swish,
+                     rewrite_hard_swish=rewrite_hard_swish, detection_outputs=detection_outputs,
                      output_dir=output, progress=False if quiet else None)
     run_quantize(models_, recipe, overrides, (alpha, size, classes))
 

@@ -284,3 +284,35 @@ def test_a_recipe_trains_a_detector_once_and_quantizes_it(tmp_path, cli):
     again = cli("quantize", "--recipe", recipe, "--quiet")
     assert again.exit_code == 0 and "training ssdlite" not in again.output and again.output.count(" cached ") == 2
     assert model.stat().st_mtime_ns == stamp
+
+
+def test_raw_outputs_quantize_validate_and_bench_decoded_on_the_host(trained_detector, tmp_path, cli):
+    """--detection-outputs raw: box encodings + class scores (int8 ones dequantized by their specs), decoded on
+    the host with the anchors the manifest records; fp32 scores what the Keras model decoded the same way."""
+    import subprocess
+    import sys
+
+    from edge_mobilenet.contracts.manifest import Manifest
+
+    result = cli("quantize", "--model", trained_detector, "--output", tmp_path, "--formats", "fp32,int8",
+                 "--detection-outputs", "raw", "--quiet")
+    assert result.exit_code == 0, result.output
+    entries = {entry.format: entry for entry in Manifest(tmp_path).entries}
+    assert {e.file for e in entries.values()} == {"ssdlite_mobilenet_v2_0.35_64_raw.fp32.tflite",
+                                                  "ssdlite_mobilenet_v2_0.35_64_raw.int8.tflite"}
+    for entry in entries.values():
+        assert [o.name for o in entry.outputs] == ["box_encodings", "class_scores"]
+        assert entry.facts["detection"]["postprocess"] is None
+        assert entry.facts["detection"]["anchors"]["feature_maps"] == [[8, 8], [4, 4], [2, 2]] + [[1, 1]] * 4
+    assert entries["int8"].outputs[0].dtype == "int8" and entries["int8"].outputs[0].scale > 0
+    fp32 = entries["fp32"].validation
+    for name, value in fp32.metrics.items():
+        assert abs(value - fp32.float_metrics[name]) < 1e-3, (name, value, fp32.float_metrics)
+    results = tmp_path / "results.json"
+    run = subprocess.run([sys.executable, "-m", "edge_mobilenet.cli", "bench", str(tmp_path), "--device", "local",
+                          "--quick", "--min-runs", "3", "--output", str(results)], capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr
+    runs = {r["format"]: r for r in json.loads(results.read_text())["runs"]}
+    for fmt, entry in entries.items():  # the device's raw outputs decoded on the host = quantize's validation
+        assert runs[fmt]["accuracy"]["map"] == pytest.approx(entry.validation.metrics["map"], abs=1e-4)

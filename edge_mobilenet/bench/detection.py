@@ -4,7 +4,9 @@
 The images are the val split of the set the detector trained on (recorded in the manifest entry's
 ``dataset``) or ``--eval`` naming a COCO folder, resized whole as in training. The device runner returns
 every output of a multi-output model (``named/NAME`` in its outputs file); nothing is decoded on the
-device beyond what the artifact's own post-processing does.
+device beyond what the artifact's own post-processing does. Raw artifacts (``--detection-outputs raw``:
+box encodings and class scores) are decoded on the host as quantize validated them: anchors regenerated
+from the feature maps their manifest entry records, outputs dequantized by their specs, the same NMS.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from edge_mobilenet.contracts.records import ArtifactEntry
 from edge_mobilenet.errors import EdgeError
 
 OUTPUTS = ("detection_boxes", "detection_classes", "detection_scores", "num_detections")
+RAW_OUTPUTS = ("box_encodings", "class_scores")
 
 
 @dataclass(eq=False)
@@ -69,16 +72,47 @@ def detections(result: dict, entry: ArtifactEntry) -> list | None:
         return None
     with np.load(io.BytesIO(base64.b64decode(result["outputs_npz_b64"]))) as data:
         named = {key[len("named/"):]: data[key] for key in data.files if key.startswith("named/")}
-    missing = [name for name in OUTPUTS if name not in named]
+    detection = entry.facts.get("detection") or {}
+    raw = detection.get("outputs") == list(RAW_OUTPUTS)
+    wanted = RAW_OUTPUTS if raw else OUTPUTS
+    missing = [name for name in wanted if name not in named]
     if missing:
         raise EdgeError(f"{entry.file}: the device returned no {missing[0]} output (outputs: "
                         f"{', '.join(sorted(named)) or 'one only'}); is the runner current?")
+    if raw:
+        return _decoded(named, entry, detection)
     found = []
     for boxes, classes, scores, count in zip(*(named[name] for name in OUTPUTS)):
         n = int(np.asarray(count).reshape(-1)[0])
         found.append(ImageDetections(np.clip(boxes[:n].astype(np.float32), 0, 1), classes[:n].astype(np.int64),
                                      scores[:n].astype(np.float32)))
     return found
+
+
+def _decoded(named: dict, entry: ArtifactEntry, detection: dict) -> list:
+    """Raw outputs of a batch -> detections, decoded as quantize validated the artifact."""
+    from edge_mobilenet.models.anchors import AnchorSpec, generate_anchors
+    from edge_mobilenet.runtimes.detection import NmsSettings, decode_detections
+
+    spec, nms = detection.get("anchors") or {}, detection.get("nms") or {}
+    try:
+        anchors = generate_anchors([tuple(size) for size in spec["feature_maps"]],
+                                   AnchorSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()
+                                                 if k not in ("count", "feature_maps", "image_size")}),
+                                   image_size=tuple(spec["image_size"]))
+        host = NmsSettings(score_threshold=nms["score_threshold"], iou_threshold=nms["iou_threshold"],
+                           max_detections=nms["max_detections"], regular_nms=nms["use_regular_nms"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise EdgeError(f"{entry.file}: its manifest entry's detection.anchors/nms can't decode raw outputs "
+                        f"({type(error).__name__}: {error})") from None
+    specs = {spec.name: spec for spec in entry.outputs}
+    values = []
+    for name in RAW_OUTPUTS:
+        array, out = named[name].astype(np.float32), specs.get(name)
+        if out is not None and out.scale is not None:
+            array = (array - out.zero_point) * out.scale
+        values.append(array.reshape(array.shape[0], -1, array.shape[-1]))
+    return decode_detections(*values, anchors, settings=host, scores_are_logits=False)
 
 
 def score(found: list | None, evaluation: DetectionEval, baseline: dict | None) -> dict | None:

@@ -16,6 +16,9 @@ settings, the box coder, the category names, the preprocessing and the COCO fold
     ``agreement_with_float``: the share of the float model's detections scoring >= 0.5 that the artifact
     also finds (same class, IoU >= 0.5); ``max_abs_diff_vs_float``: the largest score difference among
     those matched.
+  * ``--detection-outputs raw``: the artifacts (``NAME_raw.*``) end at the box encodings and sigmoid class
+    scores (no post-processing in the graph); they are validated by decoding those on the host with the
+    same settings, and the manifest records the feature maps the anchors are generated from.
   * post-training methods and ``--target-accuracy`` are classification-only for now: int8 is plain
     min/max calibration (per-channel weights), recorded as such.
 """
@@ -89,7 +92,7 @@ def load_detector_source(path: Path, record: dict) -> DetectorSource:
     """Load the model and check its metrics record; one line naming the file and the key when wrong."""
     from edge_mobilenet.data.preprocess import Preprocessing
     from edge_mobilenet.models.anchors import BOX_CODER, AnchorSpec
-    from edge_mobilenet.models.detection import detector_anchors
+    from edge_mobilenet.models.detection import detector_anchors, feature_map_sizes
     from edge_mobilenet.train import load_keras_model
 
     metrics_path = path.with_name(f"{path.stem}.metrics.json")
@@ -125,8 +128,11 @@ def load_detector_source(path: Path, record: dict) -> DetectorSource:
     from edge_mobilenet.models.profile import layer_costs
 
     rows = layer_costs(model)
+    maps = [list(size) for size in feature_map_sizes(model)]
     return DetectorSource(path, sha256_file(path), sha256_file(metrics_path), model, anchor_array,
-                          {**asdict(spec), "count": int(len(anchor_array))}, preprocessing, list(names),
+                          {**asdict(spec), "count": int(len(anchor_array)), "feature_maps": maps,
+                           "image_size": [int(model.input.shape[1]), int(model.input.shape[2])]},
+                          preprocessing, list(names),
                           Path(folder) if isinstance(folder, str) else None, dataset,
                           check(record.get("model"), where / "model", (str, type(None))),
                           sum(r.params for r in rows), sum(r.macs for r in rows))
@@ -191,12 +197,13 @@ def _files_hash(files: list[str]) -> str:
 
 # -- running and scoring --------------------------------------------------------------------------------
 
-def run_detector_artifact(path: Path, runtime: str, inputs: np.ndarray) -> list:
-    """The four outputs of a detection artifact on each input -> one ImageDetections per image."""
-    from edge_mobilenet.contracts.detection_metrics import ImageDetections
-    from edge_mobilenet.convert.detection import OUTPUT_NAMES
+def run_detector_artifact(path: Path, runtime: str, inputs: np.ndarray, raw_decode=None) -> list:
+    """The outputs of a detection artifact on each input -> one ImageDetections per image.
 
-    found = []
+    ``raw_decode``: for raw artifacts, ``(anchors, host NmsSettings)`` to decode the box encodings and
+    class scores with (dequantized first when the outputs are integers)."""
+    from edge_mobilenet.convert.detection import OUTPUT_NAMES, RAW_OUTPUT_NAMES
+
     if runtime == "onnx":
         from edge_mobilenet.runtimes.onnx import make_session
 
@@ -205,36 +212,65 @@ def run_detector_artifact(path: Path, runtime: str, inputs: np.ndarray) -> list:
         run = lambda image: dict(zip([o.name for o in session.get_outputs()],  # noqa: E731
                                      session.run(None, {feed: image[None]})))
     else:
-        from edge_mobilenet.runtimes.tflite import make_interpreter, quantize_input, tensor_spec
+        from edge_mobilenet.runtimes.tflite import dequantize_output, make_interpreter, quantize_input, tensor_spec
 
         runner = make_interpreter(path).get_signature_runner()
         (name, detail), = runner.get_input_details().items()
         spec = tensor_spec(detail)
-        run = lambda image: runner(**{name: quantize_input(image[None], spec)})  # noqa: E731
+        specs = {key: tensor_spec(value) for key, value in runner.get_output_details().items()}
+        run = lambda image: {key: dequantize_output(value, specs[key])  # noqa: E731
+                             for key, value in runner(**{name: quantize_input(image[None], spec)}).items()}
+    wanted = RAW_OUTPUT_NAMES if raw_decode is not None else OUTPUT_NAMES
+    found = []
     for image in inputs:
         outputs = run(image)
-        missing = [name for name in OUTPUT_NAMES if name not in outputs]
+        missing = [name for name in wanted if name not in outputs]
         if missing:
-            raise EdgeError(f"{path}: not a detection artifact with post-processing (no output {missing[0]})")
-        count = int(np.asarray(outputs["num_detections"]).reshape(-1)[0])
-        boxes = np.clip(np.asarray(outputs["detection_boxes"], np.float32)[0, :count], 0.0, 1.0)
-        found.append(ImageDetections(boxes, np.asarray(outputs["detection_classes"])[0, :count].astype(np.int64),
-                                     np.asarray(outputs["detection_scores"], np.float32)[0, :count]))
+            raise EdgeError(f"{path}: not a detection artifact with {'raw outputs' if raw_decode else 'post-processing'} "
+                            f"(no output {missing[0]})")
+        found += raw_detections(outputs, raw_decode) if raw_decode is not None else [postprocessed(outputs)]
     return found
+
+
+def postprocessed(outputs: dict):
+    """The four post-processed outputs of one image -> ImageDetections (boxes clipped to [0, 1])."""
+    from edge_mobilenet.contracts.detection_metrics import ImageDetections
+
+    count = int(np.asarray(outputs["num_detections"]).reshape(-1)[0])
+    boxes = np.clip(np.asarray(outputs["detection_boxes"], np.float32)[0, :count], 0.0, 1.0)
+    return ImageDetections(boxes, np.asarray(outputs["detection_classes"])[0, :count].astype(np.int64),
+                           np.asarray(outputs["detection_scores"], np.float32)[0, :count])
+
+
+def raw_detections(outputs: dict, raw_decode) -> list:
+    """Raw outputs (float box encodings, sigmoid class scores) -> ImageDetections, decoded on the host."""
+    from edge_mobilenet.runtimes.detection import decode_detections
+
+    anchors, host = raw_decode
+    return decode_detections(np.asarray(outputs["box_encodings"], np.float32),
+                             np.asarray(outputs["class_scores"], np.float32), anchors, settings=host,
+                             scores_are_logits=False)
 
 
 def float_detections(source: DetectorSource, inputs: np.ndarray, nms) -> list:
     """The Keras model's raw outputs decoded on the host as the exported graphs do (``nms``: the export's
     settings: best class per anchor, class-agnostic NMS)."""
-    from edge_mobilenet.runtimes.detection import NmsSettings, decode_detections
+    from edge_mobilenet.runtimes.detection import decode_detections
 
-    host = NmsSettings(score_threshold=nms.score_threshold, iou_threshold=nms.iou_threshold,
-                       max_detections=nms.max_detections, regular_nms=nms.use_regular_nms)
+    host = host_nms(nms)
     found = []
     for start in range(0, len(inputs), 64):
         codes, logits = source.model(inputs[start:start + 64], training=False)
         found += decode_detections(np.asarray(codes), np.asarray(logits), source.anchors, settings=host)
     return found
+
+
+def host_nms(nms):
+    """The host-side NMS settings that decode as an export with ``nms`` (convert.detection.NmsSettings) does."""
+    from edge_mobilenet.runtimes.detection import NmsSettings
+
+    return NmsSettings(score_threshold=nms.score_threshold, iou_threshold=nms.iou_threshold,
+                       max_detections=nms.max_detections, regular_nms=nms.use_regular_nms)
 
 
 def agreement(reference: list, other: list) -> tuple[float, float]:
@@ -286,7 +322,7 @@ def detection_cache_key(source: DetectorSource, fmt: Format, settings: QuantizeS
                "calibration": calibration_sha if fmt.calibrated else None, "eval": eval_sha,
                "onnx": [settings.onnx_activation_type, settings.onnx_calibration_method],
                "nms": asdict(export_settings()), "tools": tool_versions(), "pipeline": PIPELINE_VERSION,
-               "export": EXPORT_VERSION}
+               "export": EXPORT_VERSION, "outputs": settings.detection_outputs}
     return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()
 
 
@@ -295,14 +331,19 @@ def _convert(source: DetectorSource, fmt: Format, calibration: np.ndarray | None
     from edge_mobilenet.convert.detection import export_onnx_detector, export_tflite_detector
     from edge_mobilenet.convert.onnx_convert import OnnxQuantOptions
 
-    nms = export_settings()
+    nms, raw = export_settings(), settings.detection_outputs == "raw"
     if fmt.runtime == "tflite":
         return export_tflite_detector(source.model, source.anchors, target, fmt=fmt.name,
-                                      calibration=calibration, nms=nms)
+                                      calibration=calibration, nms=nms, raw=raw)
     options = OnnxQuantOptions(activation_type=settings.onnx_activation_type,
                                method=settings.onnx_calibration_method)
     return export_onnx_detector(source.model, source.anchors, target, int8=fmt.integer, calibration=calibration,
-                                nms=nms, quant_options=options)
+                                nms=nms, raw=raw, quant_options=options)
+
+
+def artifact_name(source: DetectorSource, fmt: Format, settings: QuantizeSettings) -> str:
+    """``STEM.SUFFIX``, or ``STEM_raw.SUFFIX`` for raw outputs (both kinds can share a folder)."""
+    return f"{source.stem}{'_raw' if settings.detection_outputs == 'raw' else ''}{fmt.suffix}"
 
 
 def build_detection_artifact(source: DetectorSource, fmt: Format, settings: QuantizeSettings, manifest: Manifest,
@@ -311,20 +352,22 @@ def build_detection_artifact(source: DetectorSource, fmt: Format, settings: Quan
                              key: str) -> ArtifactEntry:
     """Convert, score and commit one artifact (file and manifest entry together)."""
     from edge_mobilenet.contracts.detection_metrics import coco_map
-    from edge_mobilenet.convert.detection import OUTPUT_NAMES, POSTPROCESS_OP
+    from edge_mobilenet.convert.detection import OUTPUT_NAMES, POSTPROCESS_OP, RAW_OUTPUT_NAMES
     from edge_mobilenet.convert.pipeline import runtime_facts
     from edge_mobilenet.models.anchors import BOX_CODER
 
-    name = f"{source.stem}{fmt.suffix}"
-    staged = Path(settings.output_dir) / f".{source.stem}.partial{fmt.suffix}"
+    name = artifact_name(source, fmt, settings)
+    raw = settings.detection_outputs == "raw"
+    staged = Path(settings.output_dir) / f".{Path(name).stem}.partial{fmt.suffix}"
     try:
         started = time.perf_counter()
         built = _convert(source, fmt, calibration.inputs if fmt.calibrated else None, settings, staged)
         seconds = time.perf_counter() - started
         input_spec, _, facts = runtime_facts(staged, fmt)
-        outputs = tuple(TensorSpec(o["name"], tuple(int(d) for d in o["shape"]), o["dtype"], None, None)
-                        for o in built.pop("outputs"))
-        found = run_detector_artifact(staged, fmt.runtime, evaluation.inputs)
+        outputs = tuple(TensorSpec(o["name"], tuple(int(d) for d in o["shape"]), o["dtype"], o.get("scale"),
+                                   o.get("zero_point")) for o in built.pop("outputs"))
+        found = run_detector_artifact(staged, fmt.runtime, evaluation.inputs,
+                                      (source.anchors, host_nms(export_settings())) if raw else None)
         share, worst = agreement(float_found, found)
         validation = Validation(len(evaluation.inputs), evaluation.description, round(share, 4), round(worst, 6),
                                 coco_map(evaluation.coco.ground_truth(), found), dict(float_metrics))
@@ -332,8 +375,9 @@ def build_detection_artifact(source: DetectorSource, fmt: Format, settings: Quan
         detection = {"anchors": source.anchor_spec,
                      "box_coder": {"name": "center_size", "scale_factors": list(BOX_CODER.scale_factors)},
                      "nms": nms, "score_conversion": built.pop("score_conversion"),
-                     "postprocess": POSTPROCESS_OP if fmt.runtime == "tflite" else "ONNX NonMaxSuppression (class-agnostic)",
-                     "outputs": list(OUTPUT_NAMES), "background_class": 0}
+                     "postprocess": None if raw else POSTPROCESS_OP if fmt.runtime == "tflite"
+                     else "ONNX NonMaxSuppression (class-agnostic)",
+                     "outputs": list(RAW_OUTPUT_NAMES if raw else OUTPUT_NAMES), "background_class": 0}
         built.pop("anchors", None)
         built.pop("input", None)
         recipe = {"ptq": "none: plain min/max calibration (post-training methods are classification-only)"} \
@@ -390,7 +434,7 @@ def quantize_detector(model_path: Path, record: dict, formats: tuple[str, ...], 
     keys = {f: detection_cache_key(source, FORMATS[f], settings, calibration_sha, eval_sha) for f in formats}
     entries, todo = [], []
     for f in formats:
-        cached = manifest.cached(f"{source.stem}{FORMATS[f].suffix}", keys[f])
+        cached = manifest.cached(artifact_name(source, FORMATS[f], settings), keys[f])
         (entries.append(cached) if cached is not None else todo.append(f))
     _log(f"{model_path}: detector, {len(entries)} current, {len(todo)} to build "
          f"(validation: {evaluation.description})")

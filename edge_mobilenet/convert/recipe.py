@@ -21,7 +21,7 @@ from edge_mobilenet.errors import EdgeError
 from edge_mobilenet.fileio import read_json, read_toml
 
 TOP_KEYS = {"output": (str,), "formats": (list,), "io": (str,), "onnx_activation_type": (str,),
-            "onnx_calibration_method": (str,), "target_accuracy": (str,), "models_dir": (str,), "ptq": (str,),
+            "onnx_calibration_method": (str,), "target_accuracy": (str,), "detection_outputs": (str,), "models_dir": (str,), "ptq": (str,),
             "calibration": (dict,), "model": (list,), "eval": (str,), "eval_count": (int,)}
 CALIBRATION_KEYS = {"folder": (str,), "count": (int,), "seed": (int,), "skip_corrupt": (bool,)}
 MODEL_KEYS = {"name": (str,), "file": (str,), "alpha": (float,), "size": (int,), "classes": (int,),
@@ -108,7 +108,7 @@ def load_recipe(path: str | Path) -> Recipe:
     calibration = data.get("calibration", {})
     check_keys(calibration, CALIBRATION_KEYS, where / "calibration", "a recipe key")
     overrides = {key: data.get(key) for key in ("io", "onnx_activation_type", "onnx_calibration_method",
-                                                "target_accuracy", "eval_count", "ptq")}
+                                                "target_accuracy", "eval_count", "ptq", "detection_outputs")}
     overrides.update(output_dir=data.get("output"), eval_dir=data.get("eval"),
                      formats=_formats(data, where) if "formats" in data else None,
                      **{k: calibration.get(v) for k, v in (("calibration", "folder"), ("count", "count"),

@@ -17,6 +17,9 @@ from edge_mobilenet.errors import EdgeError
 IO_TYPES = ("int8", "uint8", "float")
 ONNX_ACTIVATION_TYPES = ("uint8", "int8")
 ONNX_CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+# Detectors: the four post-processed outputs (boxes, classes, scores, count) or the raw box encodings and
+# class scores for users who decode and run NMS themselves.
+DETECTION_OUTPUTS = ("postprocessed", "raw")
 # Post-training methods beyond min/max (convert/quant/ptq.py): "auto" tries them on held-out calibration
 # images and keeps what lowers the int8 error; "none" is plain min/max; or name the ones to apply.
 PTQ_METHODS = ("equalization", "bias-correction", "adaround", "ranges-percentile", "ranges-mse")
@@ -81,6 +84,7 @@ class QuantizeSettings:
     latency_profile: str | None = None  # profile.json of `edge-bench profile`: rank layers by error per ms
     rewrite_hard_swish: bool = True  # express hard-swish with ops XNNPACK's int8 kernels take
     ptq: tuple[str, ...] = ("auto",)  # post-training methods: ("auto",), ("none",) or PTQ_METHODS members
+    detection_outputs: str = "postprocessed"  # detectors only: DETECTION_OUTPUTS
     progress: bool = True
 
     def __post_init__(self):
@@ -90,6 +94,7 @@ class QuantizeSettings:
         _one_of("io", self.io, IO_TYPES)
         _one_of("onnx_activation_type", self.onnx_activation_type, ONNX_ACTIVATION_TYPES)
         _one_of("onnx_calibration_method", self.onnx_calibration_method, ONNX_CALIBRATION_METHODS)
+        _one_of("detection_outputs", self.detection_outputs, DETECTION_OUTPUTS)
         if self.eval_count < 1:
             raise EdgeError(f"--eval-count must be >= 1; received {self.eval_count}")
         if self.calibration.count < 1:
