@@ -28,8 +28,13 @@ for entry in manifest.entries:
     if entry.params is None or entry.macs is None:
         problems.append(f"{file}: manifest entry lacks params/macs")
     agreement = entry.validation.agreement_with_float if entry.validation else None
+    what = "detections found again" if entry.task == "detection" else "top-1 agreement"
     if FORMATS[entry.format].integer and (agreement is None or agreement < 0.9):
-        problems.append(f"{file}: int8 top-1 agreement with float is {agreement}")
+        problems.append(f"{file}: int8 {what} with float is {agreement}")
+    if entry.task == "detection" and FORMATS[entry.format].integer:
+        found, wanted = entry.validation.metrics.get("map"), entry.validation.float_metrics.get("map")
+        if found is None or wanted is None or found < 0.9 * wanted:
+            problems.append(f"{file}: int8 mAP {found} is below 90% of float mAP {wanted}")
     print(f"sha256 {entry.sha256}  {entry.file}")
 missing = set(FORMATS) - {e.format for e in manifest.entries}
 if missing:

@@ -156,3 +156,14 @@ def test_shipped_device_profiles_load():
 
     for path in sorted(PROFILE_DIR.glob("*.toml")):
         assert load_profile(path.stem).name == path.stem
+
+
+def test_every_shipped_recipe_is_valid():
+    from pathlib import Path
+
+    from edge_mobilenet.convert.recipe import load_recipe
+
+    recipes = sorted((Path(__file__).resolve().parents[1] / "converters").glob("*.toml"))
+    assert len(recipes) >= 2
+    for path in recipes:
+        assert load_recipe(path).models, path
