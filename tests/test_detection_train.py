@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -250,16 +251,30 @@ def test_bad_coco_entry_in_training_data_is_one_line_or_skipped_with_skip_bad(tm
     assert saved["skipped_bad_entries"]["val"]["annotations"] == 0
 
 
-def test_quant_report_refuses_a_detector_in_one_line(trained_detector, detector_artifacts):
+@pytest.mark.parametrize("suffix", ["int8.tflite", "int8.onnx"])
+def test_quant_report_gives_the_per_layer_error_of_a_detectors_int8_part(trained_detector, detector_artifacts,
+                                                                        tmp_path, suffix):
+    """The backbone and heads of an int8 detector, layer by layer, named by the Keras model's layers (the
+    clipped box predictor convs as the artifact has them), calibrated on the images its manifest records."""
     import subprocess
     import sys
 
-    artifact = next(detector_artifacts.glob("*.int8.tflite"))
+    import keras
+
+    artifact = next(detector_artifacts.glob(f"*.{suffix}"))
     result = subprocess.run([sys.executable, "-m", "edge_mobilenet.cli", "quant-report", str(artifact), "--float",
-                             trained_detector], capture_output=True, text=True)
-    errors = [line for line in result.stderr.splitlines() if line.startswith("edge-bench: error:")]
-    assert result.returncode != 0 and len(errors) == 1 and "Traceback" not in result.stderr
-    assert "2 outputs (a detector?)" in errors[0] and "oneDNN" not in result.stderr
+                             trained_detector, "--output", str(tmp_path), "--debug-count", "4", "--json"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "oneDNN" not in result.stderr and "Created TensorFlow Lite XNNPACK" not in result.stderr
+    report = json.loads(result.stdout)
+    layers = {layer.name for layer in keras.models.load_model(trained_detector, compile=False).layers}
+    named = {row["layer"] for row in report["layers"]}
+    assert report["task"] == "detection" and report["calibration"]["count"] == 13  # the train split
+    assert len(named & layers) >= 20 and all(np.isfinite(row["rmse_over_scale"]) for row in report["layers"])
+    assert any(name.startswith("block_") for name in named) and any("class_predictor" in n for n in named)
+    assert any(name.startswith("box_predictor_") for name in named)
+    assert all(Path(f).is_file() for f in report["files"])
 
 
 def test_a_recipe_trains_a_detector_once_and_quantizes_it(tmp_path, cli):

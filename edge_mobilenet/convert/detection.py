@@ -184,7 +184,7 @@ def _box_codes(parts, limit: float | None):
     return (_concat_tree(parts) - 3.0) / scale
 
 
-def _serving_fn(heads, anchors: np.ndarray, classes: int, nms: NmsSettings, raw: bool):
+def _serving_fn(heads, anchors: np.ndarray, classes: int, nms: NmsSettings, raw: bool, limit: float | None):
     import tensorflow as tf
 
     anchors_constant = tf.constant(anchors, name="anchors")
@@ -196,7 +196,7 @@ def _serving_fn(heads, anchors: np.ndarray, classes: int, nms: NmsSettings, raw:
 
     def serve(images):
         box_parts, class_parts = heads(images, training=False)
-        box_encodings = _box_codes(box_parts, None if raw else nms.box_code_limit)
+        box_encodings = _box_codes(box_parts, limit)
         logits = _concat_tree(class_parts)
         scores = tf.sigmoid(logits)
         if raw:
@@ -210,16 +210,20 @@ def _serving_fn(heads, anchors: np.ndarray, classes: int, nms: NmsSettings, raw:
 
 
 def export_detector_saved_model(model, anchors, folder: str, nms: NmsSettings = NmsSettings(),
-                                raw: bool = False) -> None:
-    """Write the detector + sigmoid (+ post-processing unless ``raw``) as a batch-1 SavedModel."""
+                                raw: bool = False, clipped: bool | None = None) -> None:
+    """Write the detector + sigmoid (+ post-processing unless ``raw``) as a batch-1 SavedModel.
+
+    ``clipped``: box codes clipped to ``nms.box_code_limit`` (default: unless ``raw``); ``raw=True,
+    clipped=True`` is the part of a post-processed artifact that int8 quantizes (its per-layer report)."""
     import keras
     import tensorflow as tf
 
     shape, anchors, classes = _checked(model, anchors)
-    heads = prediction_parts(model, None if raw else nms.box_code_limit)
+    limit = nms.box_code_limit if (not raw if clipped is None else clipped) else None
+    heads = prediction_parts(model, limit)
     archive = keras.export.ExportArchive()
     archive.track(heads)
-    archive.add_endpoint("serve", _serving_fn(heads, anchors, classes, nms, raw),
+    archive.add_endpoint("serve", _serving_fn(heads, anchors, classes, nms, raw, limit),
                          input_signature=[tf.TensorSpec(shape, tf.float32, name="input")])
     archive.write_out(folder, verbose=False)
 

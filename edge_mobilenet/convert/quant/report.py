@@ -261,6 +261,14 @@ def run_quant_report(artifact: str | Path, float_path: str | Path, *, calibratio
         raise EdgeError(f"--ptq-layers {ptq_layers!r}: choose one of {', '.join(PTQ_LAYERS)}")
     if latency is not None:
         read_profiles(latency)  # a bad file is refused before the float model is loaded
+    from edge_mobilenet.convert.detection_batch import detection_record
+
+    record = detection_record(Path(float_path)) if Path(float_path).is_file() else None
+    if record is not None:
+        from edge_mobilenet.convert.quant.detection_report import run_detection_quant_report
+
+        return run_detection_quant_report(artifact, Path(float_path), record, calibration=calibration, count=count,
+                                          seed=seed, debug_count=debug_count, output=Path(output), latency=latency)
     entry = manifest_entry(artifact)
     recorded = entry.calibration.to_json() if entry and entry.calibration else {}
     rewrite = ((entry.facts.get("hard_swish_rewrite") if entry else None) or {"enabled": True}).get("enabled", True)
