@@ -165,8 +165,8 @@ def test_quantize_detector_bad_input_is_one_line(trained_detector, tmp_path):
         assert result.returncode != 0 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
         return errors[0]
 
-    assert "--target-accuracy is not available for detectors" in run(
-        "--model", trained_detector, "--output", tmp_path, "--formats", "int8", "--target-accuracy", "99%")
+    assert "--target-accuracy for detectors searches int8 TFLite only (on mAP); drop onnx-int8" in run(
+        "--model", trained_detector, "--output", tmp_path, "--formats", "int8,onnx-int8", "--target-accuracy", "99%")
     copy = tmp_path / "copy"
     copy.mkdir()
     model = Path(trained_detector)
@@ -331,3 +331,29 @@ def test_raw_outputs_quantize_validate_and_bench_decoded_on_the_host(trained_det
     runs = {r["format"]: r for r in json.loads(results.read_text())["runs"]}
     for fmt, entry in entries.items():  # the device's raw outputs decoded on the host = quantize's validation
         assert runs[fmt]["accuracy"]["map"] == pytest.approx(entry.validation.metrics["map"], abs=1e-4)
+
+
+def test_target_accuracy_searches_int8_tflite_on_map(trained_detector, tmp_path, cli):
+    """--target-accuracy for a detector: the mAP search is recorded; layers it keeps in float are float in the
+    artifact (a denylisted layer's kernel is stored in float: the file grows)."""
+    from edge_mobilenet.contracts.manifest import Manifest
+    from edge_mobilenet.convert.detection_batch import (detection_record, export_settings, load_detector_source,
+                                                        load_images)
+    from edge_mobilenet.convert.detection_target import DetectorQuantizer, ranking
+
+    result = cli("quantize", "--model", trained_detector, "--output", tmp_path, "--formats", "int8",
+                 "--target-accuracy", "99%", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "accuracy-aware search on mAP" in result.output
+    entry, = Manifest(tmp_path).entries
+    record = entry.facts["recipe"]["accuracy_aware"]
+    assert record["metric"] == "map" and record["met"] and record["target"] == "99%"
+    assert record["float_map"] == entry.validation.float_metrics["map"]
+    assert record["steps"][0]["float_layers"] == 0 and record["threshold_map"] <= record["map"]
+    source = load_detector_source(Path(trained_detector), detection_record(Path(trained_detector)))
+    images = load_images(source, source.dataset_folder / "train", 8, 0).inputs
+    ranked = ranking(source, images, export_settings(), raw=False)
+    assert ranked and ranked[0].rmse_over_scale >= ranked[-1].rmse_over_scale
+    quantizer = DetectorQuantizer(source, images, export_settings(), raw=False)
+    plain, kept = quantizer.quantize([]), quantizer.quantize([r.node for r in ranked[:20]])
+    assert len(kept) > len(plain)

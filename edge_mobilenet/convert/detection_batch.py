@@ -19,8 +19,9 @@ settings, the box coder, the category names, the preprocessing and the COCO fold
   * ``--detection-outputs raw``: the artifacts (``NAME_raw.*``) end at the box encodings and sigmoid class
     scores (no post-processing in the graph); they are validated by decoding those on the host with the
     same settings, and the manifest records the feature maps the anchors are generated from.
-  * post-training methods and ``--target-accuracy`` are classification-only for now: int8 is plain
-    min/max calibration (per-channel weights), recorded as such.
+  * ``--target-accuracy`` (int8 TFLite): the fewest layers kept in float for the mAP target
+    (:mod:`convert.detection_target`); post-training methods are classification-only for now: int8 is
+    plain min/max calibration (per-channel weights), recorded as such.
 """
 
 from __future__ import annotations
@@ -306,10 +307,15 @@ def export_settings():
     return NmsSettings()
 
 
-def _check_settings(settings: QuantizeSettings) -> None:
-    if settings.target_accuracy is not None:
-        raise EdgeError("--target-accuracy is not available for detectors yet (it searches on top-1); "
-                        "quantize the detector without it")
+def _check_settings(settings: QuantizeSettings, formats: tuple[str, ...]) -> None:
+    if settings.target_accuracy is None:
+        return
+    others = [f for f in formats if FORMATS[f].integer and FORMATS[f].runtime != "tflite"]
+    if others:
+        raise EdgeError(f"--target-accuracy for detectors searches int8 TFLite only (on mAP); drop "
+                        f"{', '.join(others)} from --formats or quantize it without a target")
+    if settings.latency_profile is not None:
+        raise EdgeError("--latency-profile is not available for detectors yet; give --target-accuracy alone")
 
 
 def detection_cache_key(source: DetectorSource, fmt: Format, settings: QuantizeSettings,
@@ -322,7 +328,8 @@ def detection_cache_key(source: DetectorSource, fmt: Format, settings: QuantizeS
                "calibration": calibration_sha if fmt.calibrated else None, "eval": eval_sha,
                "onnx": [settings.onnx_activation_type, settings.onnx_calibration_method],
                "nms": asdict(export_settings()), "tools": tool_versions(), "pipeline": PIPELINE_VERSION,
-               "export": EXPORT_VERSION, "outputs": settings.detection_outputs}
+               "export": EXPORT_VERSION, "outputs": settings.detection_outputs,
+               "target": settings.target_accuracy.text if fmt.integer and settings.target_accuracy else None}
     return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()
 
 
@@ -359,15 +366,20 @@ def build_detection_artifact(source: DetectorSource, fmt: Format, settings: Quan
     name = artifact_name(source, fmt, settings)
     raw = settings.detection_outputs == "raw"
     staged = Path(settings.output_dir) / f".{Path(name).stem}.partial{fmt.suffix}"
+    raw_decode = (source.anchors, host_nms(export_settings())) if raw else None
+    aware = None
     try:
         started = time.perf_counter()
-        built = _convert(source, fmt, calibration.inputs if fmt.calibrated else None, settings, staged)
+        if fmt.integer and settings.target_accuracy is not None:
+            aware, built = _accuracy_aware(source, fmt, settings, calibration, evaluation, float_metrics, staged,
+                                           raw_decode)
+        else:
+            built = _convert(source, fmt, calibration.inputs if fmt.calibrated else None, settings, staged)
         seconds = time.perf_counter() - started
         input_spec, _, facts = runtime_facts(staged, fmt)
         outputs = tuple(TensorSpec(o["name"], tuple(int(d) for d in o["shape"]), o["dtype"], o.get("scale"),
                                    o.get("zero_point")) for o in built.pop("outputs"))
-        found = run_detector_artifact(staged, fmt.runtime, evaluation.inputs,
-                                      (source.anchors, host_nms(export_settings())) if raw else None)
+        found = run_detector_artifact(staged, fmt.runtime, evaluation.inputs, raw_decode)
         share, worst = agreement(float_found, found)
         validation = Validation(len(evaluation.inputs), evaluation.description, round(share, 4), round(worst, 6),
                                 coco_map(evaluation.coco.ground_truth(), found), dict(float_metrics))
@@ -382,6 +394,9 @@ def build_detection_artifact(source: DetectorSource, fmt: Format, settings: Quan
         built.pop("input", None)
         recipe = {"ptq": "none: plain min/max calibration (post-training methods are classification-only)"} \
             if fmt.integer else {}
+        if aware is not None:
+            recipe["accuracy_aware"] = aware
+            key = key if aware["met"] else None  # a missed target is rebuilt on the next run
         entry = ArtifactEntry(
             file=name, format=fmt.name, runtime=fmt.runtime, baseline=fmt.baseline, task=TASK,
             sha256=sha256_file(staged), size_bytes=staged.stat().st_size, input=input_spec,
@@ -395,7 +410,28 @@ def build_detection_artifact(source: DetectorSource, fmt: Format, settings: Quan
         manifest.commit(staged, entry)
     finally:
         staged.unlink(missing_ok=True)
+    if aware is not None and not aware["met"]:
+        from edge_mobilenet.convert.detection_target import DetectionTargetNotMet
+
+        raise DetectionTargetNotMet(aware)
     return entry
+
+
+def _accuracy_aware(source: DetectorSource, fmt: Format, settings: QuantizeSettings, calibration, evaluation,
+                    float_metrics: dict, staged: Path, raw_decode) -> tuple[dict, dict]:
+    """int8 TFLite with the fewest layers in float that meet the mAP target (:mod:`convert.detection_target`):
+    (the search record, the conversion facts as :func:`convert.detection.export_tflite_detector` gives)."""
+    from edge_mobilenet.convert.detection import POSTPROCESS_OP, SCORE_CONVERSION, tflite_facts
+    from edge_mobilenet.convert.detection_target import build_accuracy_aware
+
+    nms = export_settings()
+    record = build_accuracy_aware(source, settings, calibration.inputs, evaluation, float_metrics["map"], staged,
+                                  raw_decode, _log)
+    facts = {"format": fmt.name, "raw": raw_decode is not None, "nms": asdict(nms),
+             "score_conversion": SCORE_CONVERSION, "postprocess": None if raw_decode else POSTPROCESS_OP,
+             "anchors": int(len(source.anchors)), "calibration_count": int(len(calibration.inputs)),
+             **tflite_facts(staged.read_bytes())}
+    return record, facts
 
 
 def _line(entry: ArtifactEntry, status: str) -> str:
@@ -413,7 +449,7 @@ def quantize_detector(model_path: Path, record: dict, formats: tuple[str, ...], 
     """Every requested format of one trained detector (current artifacts reused)."""
     from edge_mobilenet.quiet import native_noise_filtered
 
-    _check_settings(settings)
+    _check_settings(settings, formats)
     with native_noise_filtered():
         source = load_detector_source(model_path, record)
     default_calibration = settings.calibration.folder == type(settings)().calibration.folder

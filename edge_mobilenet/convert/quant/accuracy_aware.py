@@ -74,11 +74,12 @@ def _step(k: int, result, float_top1: float, threshold: float) -> dict:
 
 
 def search(quantizer, ranking: list, score, float_top1: float, target: AccuracyTarget,
-           log=lambda message: None) -> dict:
+           log=lambda message: None, metric: str = "top-1") -> dict:
     """Smallest k such that keeping ranking[:k] in float meets the target; returns the search record.
 
     ``quantizer.quantize(nodes)`` makes a model with ``nodes`` in float; ``score(model)`` is its
-    PairedFidelity against the float model on the labelled images (or just its top-1).
+    PairedFidelity against the float model on the labelled images (or just its top-1, or for detectors
+    its mAP: ``metric`` names it in the log; the record keeps the key ``top1``).
     """
     threshold = target.threshold(float_top1)
     steps, cache = [], {}
@@ -93,7 +94,7 @@ def search(quantizer, ranking: list, score, float_top1: float, target: AccuracyT
             paired = (f", agreement {steps[-1]['agreement']:.3f}, delta {100 * steps[-1]['delta_top1']:+.1f} pt "
                       f"(95% CI {100 * steps[-1]['delta_ci'][0]:+.1f} to {100 * steps[-1]['delta_ci'][1]:+.1f}): "
                       f"{steps[-1]['verdict']}" if "verdict" in steps[-1] else "")
-            log(f"    {k:3d} layer(s) in float: top-1 {cache[k][0]:.4f} (target {threshold:.4f}){paired}")
+            log(f"    {k:3d} layer(s) in float: {metric} {cache[k][0]:.4f} (target {threshold:.4f}){paired}")
         return cache[k][0]
 
     low, high, k = 0, None, 0
