@@ -45,8 +45,8 @@ TASK = "detection"
 MATCH_SCORE = 0.5  # float detections this confident must be found again by the artifact (agreement)
 MATCH_IOU = 0.5
 DEFAULT_CALIBRATION_COUNT = 200
-EXPORT_VERSION = 3  # bumped when convert/detection.py writes other graphs (2: box codes clipped in ONNX
-# too; 3: TFLite clips through the same cloned convs as ONNX)
+EXPORT_VERSION = 4  # bumped when convert/detection.py writes other graphs (2: box codes clipped in ONNX
+# too; 3: TFLite clips through the same cloned convs as ONNX; 4: class logits clipped too)
 
 
 def _log(message: str) -> None:
@@ -253,7 +253,7 @@ def raw_detections(outputs: dict, raw_decode) -> list:
                              scores_are_logits=False)
 
 
-def float_detections(source: DetectorSource, inputs: np.ndarray, nms) -> list:
+def float_detections(source: DetectorSource, inputs: np.ndarray, nms, clipped: bool = True) -> list:
     """The Keras model's raw outputs decoded on the host as the exported graphs do (``nms``: the export's
     settings: best class per anchor, class-agnostic NMS)."""
     from edge_mobilenet.runtimes.detection import decode_detections
@@ -261,8 +261,12 @@ def float_detections(source: DetectorSource, inputs: np.ndarray, nms) -> list:
     host = host_nms(nms)
     found = []
     for start in range(0, len(inputs), 64):
-        codes, logits = source.model(inputs[start:start + 64], training=False)
-        found += decode_detections(np.asarray(codes), np.asarray(logits), source.anchors, settings=host)
+        codes, logits = (np.asarray(t) for t in source.model(inputs[start:start + 64], training=False))
+        if clipped and nms.box_code_limit is not None:  # as the graphs clip them (convert.detection._clipped_parts)
+            codes = np.clip(codes, -nms.box_code_limit, nms.box_code_limit)
+        if clipped and nms.class_logit_limit is not None:
+            logits = np.clip(logits, -nms.class_logit_limit, nms.class_logit_limit)
+        found += decode_detections(codes, logits, source.anchors, settings=host)
     return found
 
 
@@ -478,7 +482,8 @@ def quantize_detector(model_path: Path, record: dict, formats: tuple[str, ...], 
         _log(_line(entry, "cached"))
     if not todo:
         return entries
-    float_found = float_detections(source, evaluation.inputs, export_settings())
+    float_found = float_detections(source, evaluation.inputs, export_settings(),
+                                   clipped=settings.detection_outputs != "raw")
     from edge_mobilenet.contracts.detection_metrics import coco_map
 
     float_metrics = coco_map(evaluation.coco.ground_truth(), float_found)

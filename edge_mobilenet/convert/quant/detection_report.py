@@ -34,7 +34,7 @@ def _raw(entry) -> bool:
 
 
 def _rows(artifact: Path, fmt, source, entry, inputs, debug_count: int) -> list:
-    from edge_mobilenet.convert.detection import clipped_box_model, export_detector_saved_model, export_raw_onnx
+    from edge_mobilenet.convert.detection import clipped_model, export_detector_saved_model, export_raw_onnx
     from edge_mobilenet.convert.detection_batch import export_settings
 
     nms, clipped = export_settings(), not _raw(entry)
@@ -48,7 +48,7 @@ def _rows(artifact: Path, fmt, source, entry, inputs, debug_count: int) -> list:
         from edge_mobilenet.convert.quant.onnx_debug import onnx_layer_errors
 
         float_onnx = Path(folder) / "raw.onnx"
-        model = clipped_box_model(source.model, nms.box_code_limit) if clipped else source.model
+        model = clipped_model(source.model, nms) if clipped else source.model
         export_raw_onnx(model, float_onnx)
         return onnx_layer_errors(float_onnx, artifact, inputs[:debug_count],
                                  layer_names=[layer.name for layer in model.layers])
@@ -86,7 +86,7 @@ def run_detection_quant_report(artifact: Path, float_path: Path, record: dict, *
     model_order = sorted(rows, key=lambda r: position.get(r.layer.removesuffix("_clipped"), len(order)))
     extra = {"float_model": str(float_path), "task": "detection",
              "calibration": {"folder": images.description, "count": len(images.files)},
-             "quantized_part": "backbone and heads (box codes clipped as in the artifact)" if not _raw(entry)
+             "quantized_part": "backbone and heads (box codes and class logits clipped as in the artifact)" if not _raw(entry)
              else "backbone and heads (raw outputs)",
              "ptq": "none: detectors are plain min/max (post-training methods are classification-only)"}
     if latency is not None:

@@ -76,15 +76,16 @@ def layer_errors(saved_model_dir: str, calibration: np.ndarray, debug_inputs: np
     """Per-layer error of full-int8 quantization, worst (highest rmse/scale) first."""
     import tensorflow as tf
 
-    debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=_int8_converter(saved_model_dir, calibration),
-        debug_dataset=representative_dataset(debug_inputs),
-        debug_options=tf.lite.experimental.QuantizationDebugOptions(
-            layer_direct_compare_metrics={"snr_db": _snr_db}))
     import warnings
 
-    with warnings.catch_warnings(), native_noise_filtered():  # it runs TF's own (deprecated) interpreter
+    # it converts ("fully_quantize: 0, ...") and runs TF's own (deprecated) interpreter: keep both quiet
+    with warnings.catch_warnings(), native_noise_filtered():
         warnings.simplefilter("ignore")
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=_int8_converter(saved_model_dir, calibration),
+            debug_dataset=representative_dataset(debug_inputs),
+            debug_options=tf.lite.experimental.QuantizationDebugOptions(
+                layer_direct_compare_metrics={"snr_db": _snr_db}))
         debugger.run()
     import csv
     import io
