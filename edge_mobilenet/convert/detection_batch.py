@@ -415,9 +415,9 @@ def build_detection_artifact(source: DetectorSource, fmt: Format, settings: Quan
     finally:
         staged.unlink(missing_ok=True)
     if aware is not None and not aware["met"]:
-        from edge_mobilenet.convert.detection_target import DetectionTargetNotMet
+        from edge_mobilenet.convert.pipeline import TargetNotMet
 
-        raise DetectionTargetNotMet(aware)
+        raise TargetNotMet(aware)
     return entry
 
 

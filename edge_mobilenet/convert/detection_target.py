@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_mobilenet.errors import EdgeError
 
 
 class DetectorQuantizer:
@@ -97,13 +96,3 @@ def build_accuracy_aware(source, settings, calibration: np.ndarray, evaluation, 
             "float_nodes": [r.node for r in candidates[:found["chosen"]]],
             "steps": [{"float_layers": step["float_layers"], "map": step["top1"]} for step in found["steps"]],
             "search_seconds": round(time.perf_counter() - started, 1)}
-
-
-class DetectionTargetNotMet(EdgeError):
-    """The mAP target was missed even with every ranked layer in float; the best artifact was kept."""
-
-    def __init__(self, record: dict):
-        self.record = record
-        super().__init__(f"target {record['target']} (mAP >= {record['threshold_map']}) not met even with "
-                         f"{len(record['float_layers'])} layers in float: best mAP {record['map']} vs float "
-                         f"{record['float_map']}; kept the best artifact")

@@ -101,9 +101,11 @@ class TargetNotMet(EdgeError):
 
     def __init__(self, record: dict):
         self.record = record
-        super().__init__(f"target {record['target']} (top-1 >= {record['threshold_top1']}) not met even "
-                         f"with {len(record['float_layers'])} layers in float: best top-1 {record['top1']} "
-                         f"vs float {record['float_top1']}; kept the best artifact")
+        metric = record.get("metric", "top1")  # detectors search on mAP (convert/detection_target.py)
+        label = {"top1": "top-1", "map": "mAP"}.get(metric, metric)
+        super().__init__(f"target {record['target']} ({label} >= {record[f'threshold_{metric}']}) not met even "
+                         f"with {len(record['float_layers'])} layers in float: best {label} {record[metric]} "
+                         f"vs float {record[f'float_{metric}']}; kept the best artifact")
 
 
 def _log(message: str) -> None:
