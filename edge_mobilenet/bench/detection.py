@@ -97,8 +97,7 @@ def _decoded(named: dict, entry: ArtifactEntry, detection: dict) -> list:
     spec, nms = detection.get("anchors") or {}, detection.get("nms") or {}
     try:
         anchors = generate_anchors([tuple(size) for size in spec["feature_maps"]],
-                                   AnchorSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()
-                                                 if k not in ("count", "feature_maps", "image_size")}),
+                                   AnchorSpec.from_json(spec),
                                    image_size=tuple(spec["image_size"]))
         host = NmsSettings(score_threshold=nms["score_threshold"], iou_threshold=nms["iou_threshold"],
                            max_detections=nms["max_detections"], regular_nms=nms["use_regular_nms"])

@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -99,9 +99,8 @@ def load_detector_source(path: Path, record: dict) -> DetectorSource:
     metrics_path = path.with_name(f"{path.stem}.metrics.json")
     where = Where(str(metrics_path))
     anchors = get(record, "anchors", where, (dict,))
-    known = {f.name for f in fields(AnchorSpec)}
     try:
-        spec = AnchorSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in anchors.items() if k in known})
+        spec = AnchorSpec.from_json(anchors)
     except TypeError as error:
         raise (where / "anchors").fail(f"is not an anchor spec ({error})") from None
     coder = get(record, "box_coder", where, (dict,))

@@ -40,6 +40,15 @@ class AnchorSpec:
     lowest_layer_aspect_ratios: tuple[float, ...] = (2.0, 0.5)  # scale at these ratios
     base_anchor_size: tuple[float, float] = (1.0, 1.0)
 
+    @classmethod
+    def from_json(cls, record: dict) -> "AnchorSpec":
+        """The spec of a recorded ``anchors`` object (lists as tuples; other keys such as ``count`` or
+        ``feature_maps`` ignored). TypeError when a value or key is not one of the spec's."""
+        from dataclasses import fields
+
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in record.items() if k in known})
+
 
 SSD_ANCHORS = AnchorSpec()
 
