@@ -240,7 +240,8 @@ def export_detector_saved_model(model, anchors, folder: str, nms: NmsSettings = 
     archive.write_out(folder, verbose=False)
 
 
-def _tflite_converter(folder: str, fmt: str, calibration, raw: bool):
+def tflite_converter(folder: str, fmt: str, calibration, raw: bool):
+    """The TFLiteConverter of a detector SavedModel for ``fmt`` (the custom post-process op allowed)."""
     import tensorflow as tf
 
     from edge_mobilenet.convert.tflite import representative_dataset
@@ -317,7 +318,7 @@ def export_tflite_detector(model, anchors, out_path, *, fmt: str = "fp32", calib
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="edge-detector-savedmodel-") as folder:
         export_detector_saved_model(model, anchors, folder, nms, raw)
-        converter = _tflite_converter(folder, fmt, calibration, raw)
+        converter = tflite_converter(folder, fmt, calibration, raw)
         try:
             with native_noise_filtered():
                 flatbuffer = converter.convert()

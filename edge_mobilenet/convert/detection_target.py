@@ -27,17 +27,12 @@ class DetectorQuantizer:
     def __init__(self, source, calibration: np.ndarray, nms, raw: bool):
         import tensorflow as tf
 
-        from edge_mobilenet.convert.detection import export_detector_saved_model
-        from edge_mobilenet.convert.tflite import representative_dataset
+        from edge_mobilenet.convert.detection import export_detector_saved_model, tflite_converter
         from edge_mobilenet.quiet import native_noise_filtered
 
         with tempfile.TemporaryDirectory(prefix="edge-detector-selective-") as folder:
             export_detector_saved_model(source.model, source.anchors, folder, nms, raw)
-            converter = tf.lite.TFLiteConverter.from_saved_model(folder)
-            converter.allow_custom_ops = True
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            converter.representative_dataset = representative_dataset(np.asarray(calibration, np.float32))
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+            converter = tflite_converter(folder, "int8", calibration, raw)  # as the plain int8 artifact
             converter._experimental_calibrate_only = True
             with native_noise_filtered():
                 self.calibrated = converter.convert()
@@ -55,14 +50,10 @@ class DetectorQuantizer:
 
 
 def ranking(source, calibration: np.ndarray, nms, raw: bool) -> list:
-    """The int8 part's layers, worst quantization error first (:func:`tflite_debug.layer_errors`)."""
-    from edge_mobilenet.convert.detection import export_detector_saved_model
-    from edge_mobilenet.convert.quant.tflite_debug import layer_errors
+    """The int8 part's layers, worst quantization error first (what quant-report measures)."""
+    from edge_mobilenet.convert.quant.detection_report import tflite_layer_errors
 
-    names = {layer.name for layer in source.model.layers}
-    with tempfile.TemporaryDirectory(prefix="edge-detector-rank-") as folder:
-        export_detector_saved_model(source.model, source.anchors, folder, nms, raw=True, clipped=not raw)
-        return layer_errors(folder, calibration, calibration[:32], names)
+    return tflite_layer_errors(source, calibration, calibration[:32], nms, clipped=not raw)
 
 
 def build_accuracy_aware(source, settings, calibration: np.ndarray, evaluation, float_map: float,

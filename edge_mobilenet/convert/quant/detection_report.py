@@ -33,30 +33,36 @@ def _raw(entry) -> bool:
     return detection.get("postprocess", "") is None
 
 
+def tflite_layer_errors(source, calibration, debug_inputs, nms, clipped: bool) -> list:
+    """Per-layer error (:func:`tflite_debug.layer_errors`) of the detector's int8 part as the conversion
+    quantizes it: raw outputs, box codes and class logits clipped unless ``clipped`` is False (raw artifacts);
+    rows name the Keras layers, the clipped predictor convs by their clones (``NAME_clipped``)."""
+    from edge_mobilenet.convert.detection import export_detector_saved_model
+    from edge_mobilenet.convert.quant.tflite_debug import layer_errors
+
+    convs = [layer.name for layer in source.model.layers
+             if layer.name.startswith(("box_predictor_", "class_predictor_")) and layer.name.endswith("_conv")]
+    names = {layer.name for layer in source.model.layers} | {f"{name}_clipped" for name in convs}
+    with tempfile.TemporaryDirectory(prefix="edge-detector-report-") as folder:
+        export_detector_saved_model(source.model, source.anchors, folder, nms, raw=True, clipped=clipped)
+        return layer_errors(folder, calibration, debug_inputs, names)
+
+
 def _rows(artifact: Path, fmt, source, entry, inputs, debug_count: int) -> list:
-    from edge_mobilenet.convert.detection import clipped_model, export_detector_saved_model, export_raw_onnx
+    from edge_mobilenet.convert.detection import clipped_model, export_raw_onnx
     from edge_mobilenet.convert.detection_batch import export_settings
 
     nms, clipped = export_settings(), not _raw(entry)
+    if fmt.runtime == "tflite":
+        return tflite_layer_errors(source, inputs, inputs[:debug_count], nms, clipped)
+    from edge_mobilenet.convert.quant.onnx_debug import onnx_layer_errors
+
     with tempfile.TemporaryDirectory(prefix="edge-detector-report-") as folder:
-        if fmt.runtime == "tflite":
-            from edge_mobilenet.convert.quant.tflite_debug import layer_errors
-
-            export_detector_saved_model(source.model, source.anchors, folder, nms, raw=True, clipped=clipped)
-            names = {layer.name for layer in source.model.layers} | {f"{name}_clipped" for name in _box_convs(source)}
-            return layer_errors(folder, inputs, inputs[:debug_count], names)
-        from edge_mobilenet.convert.quant.onnx_debug import onnx_layer_errors
-
         float_onnx = Path(folder) / "raw.onnx"
         model = clipped_model(source.model, nms) if clipped else source.model
         export_raw_onnx(model, float_onnx)
         return onnx_layer_errors(float_onnx, artifact, inputs[:debug_count],
                                  layer_names=[layer.name for layer in model.layers])
-
-
-def _box_convs(source) -> list[str]:
-    return [layer.name for layer in source.model.layers
-            if layer.name.startswith("box_predictor_") and layer.name.endswith("_conv")]
 
 
 def run_detection_quant_report(artifact: Path, float_path: Path, record: dict, *, calibration, count, seed,
